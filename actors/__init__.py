@@ -1,0 +1,1 @@
+"""Dramatiq side of jobline: job functions, the runner, middleware and the sweeper."""

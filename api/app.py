@@ -1,0 +1,70 @@
+"""The FastAPI application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from actors.registry import JobRegistry, load_registry
+from api.deps import Services
+from api.errors import install_error_handlers
+from api.publisher import AmqpPublisher, Publisher
+from api.routes import router
+from api.writer import JobWriter
+from db.engine import make_async_engine
+from db.settings import Settings
+
+DESCRIPTION = """
+Schedule a job with `POST /schedule` and get its **offset** at once. Workers run it
+over RabbitMQ; every step is recorded once in Postgres. Read the messages with
+`GET /messages/{offset}` and the job's state with `GET /jobs/{offset}`.
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: JobRegistry | None = None,
+    publisher: Publisher | None = None,
+) -> FastAPI:
+    """Build the API for ``settings``; connections open in the lifespan, not here."""
+    registry = registry or load_registry(settings.job_modules)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_async_engine(settings)
+        writer = JobWriter(engine)
+        chosen = publisher or _amqp_publisher(settings)
+        writer.start()
+        chosen.start(engine)
+        app.state.services = Services(
+            settings=settings, registry=registry, engine=engine, writer=writer, publisher=chosen
+        )
+        try:
+            yield
+        finally:
+            await chosen.close()
+            await writer.close()
+            await engine.dispose()
+
+    app = FastAPI(title="jobline", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def _amqp_publisher(settings: Settings) -> Publisher:
+    if not settings.broker_url:
+        raise ValueError("JOBLINE_BROKER_URL is not set (or run `jobline dev`)")
+    return AmqpPublisher(
+        url=settings.broker_url,
+        queue_name=settings.queue_name,
+        timeout_seconds=settings.connect_timeout_seconds,
+    )
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory api.app:app_from_env``: settings from the environment."""
+    return create_app(Settings())

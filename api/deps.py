@@ -1,0 +1,34 @@
+"""Request dependencies as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from actors.registry import JobRegistry
+from api.publisher import Publisher
+from api.writer import JobWriter
+from db.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the routes use; built in the app's lifespan."""
+
+    settings: Settings
+    registry: JobRegistry
+    engine: AsyncEngine
+    writer: JobWriter
+    publisher: Publisher
+
+
+def get_services(request: Request) -> Services:
+    """The services of the running app."""
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

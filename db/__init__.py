@@ -1,0 +1,1 @@
+"""Persistence for jobline: settings, schema, migrations and every query."""

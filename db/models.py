@@ -1,0 +1,120 @@
+"""The schema: jobs and their ordered message log."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    false,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Timestamp = TIMESTAMP(timezone=True)
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming convention for constraints."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Job(Base):
+    """One accepted job; its id is the offset clients see."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    fn: Mapped[str] = mapped_column(Text)
+    deployment: Mapped[str] = mapped_column(Text)
+    framework: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    state: Mapped[str] = mapped_column(Text, server_default=JobState.QUEUED.value)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    # Number of message rows: the last recorded seq. Steps resume after it.
+    message_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Set when a worker passes a running job on (slice over, shutdown): the next
+    # claim continues the same attempt instead of counting a new one.
+    handed_off: Mapped[bool] = mapped_column(server_default=false())
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Earliest moment the job may run (later than now while a retry backs off).
+    run_after: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    # NULL while no broker has confirmed a message for the job's current run.
+    published_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="state"
+        ),
+        CheckConstraint("attempts >= 0 AND message_count >= 0", name="counters"),
+        Index(
+            "ix_jobs_unpublished",
+            "run_after",
+            postgresql_where=text("state = 'queued' AND published_at IS NULL"),
+        ),
+        Index(
+            "ix_jobs_running_lease",
+            "lease_expires_at",
+            postgresql_where=text("state = 'running'"),
+        ),
+    )
+
+
+class Message(Base):
+    """One recorded step of a job; (job_id, seq) is unique, so no step is written twice."""
+
+    __tablename__ = "messages"
+
+    job_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (CheckConstraint("seq >= 1", name="seq_positive"),)
+
+
+jobs_table = Job.__table__
+messages_table = Message.__table__

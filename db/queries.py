@@ -1,0 +1,397 @@
+"""Every query jobline runs. Routes, actors and the sweeper call these functions only.
+
+API functions take an ``AsyncConnection``; worker functions take a ``Connection``.
+The caller owns the transaction: it commits at its boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, BIGINT, TEXT
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db.models import JobState, jobs_table
+
+# One key for the sweeper's advisory lock, shared by every worker on every host.
+SWEEPER_LOCK_KEY = 0x6A6F626C696E65  # "jobline"
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated job about to be inserted."""
+
+    fn: str
+    deployment: str
+    framework: str
+    params: dict[str, Any]
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as clients see it."""
+
+    id: int
+    fn: str
+    deployment: str
+    framework: str
+    params: dict[str, Any]
+    state: str
+    attempts: int
+    max_attempts: int
+    message_count: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job a worker has just claimed, with what it needs to run the next step."""
+
+    id: int
+    fn: str
+    params: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    message_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleasedJob:
+    """Outcome of giving a failed attempt back: retry after ``delay_seconds``, or failed."""
+
+    state: JobState
+    delay_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPublish:
+    """A queued job no broker has confirmed yet, and how long its message should wait."""
+
+    id: int
+    delay_seconds: float
+
+
+# --- API side -----------------------------------------------------------------------
+
+_INSERT_JOBS = text(
+    """
+    INSERT INTO jobs (fn, deployment, framework, params, max_attempts)
+    SELECT fn, deployment, framework, params::jsonb, max_attempts
+    FROM unnest(:fns, :deployments, :frameworks, :params, :max_attempts)
+         WITH ORDINALITY AS t(fn, deployment, framework, params, max_attempts, ord)
+    ORDER BY ord
+    RETURNING id
+    """
+).bindparams(
+    bindparam("fns", type_=ARRAY(TEXT)),
+    bindparam("deployments", type_=ARRAY(TEXT)),
+    bindparam("frameworks", type_=ARRAY(TEXT)),
+    bindparam("params", type_=ARRAY(TEXT)),
+    bindparam("max_attempts", type_=ARRAY(BIGINT)),
+)
+
+
+async def insert_jobs(conn: AsyncConnection, *, jobs: Sequence[NewJob]) -> list[int]:
+    """Insert ``jobs`` in one statement and return their ids in input order."""
+    result = await conn.execute(
+        _INSERT_JOBS,
+        {
+            "fns": [job.fn for job in jobs],
+            "deployments": [job.deployment for job in jobs],
+            "frameworks": [job.framework for job in jobs],
+            "params": [json.dumps(job.params) for job in jobs],
+            "max_attempts": [job.max_attempts for job in jobs],
+        },
+    )
+    # Rows take ids from the sequence in ORDER BY ord order, so ascending ids
+    # line up with the input even if RETURNING were to come back shuffled.
+    return sorted(row[0] for row in result)
+
+
+_JOB_COLUMNS = [
+    jobs_table.c.id,
+    jobs_table.c.fn,
+    jobs_table.c.deployment,
+    jobs_table.c.framework,
+    jobs_table.c.params,
+    jobs_table.c.state,
+    jobs_table.c.attempts,
+    jobs_table.c.max_attempts,
+    jobs_table.c.message_count,
+    jobs_table.c.last_error,
+    jobs_table.c.created_at,
+    jobs_table.c.updated_at,
+    jobs_table.c.started_at,
+    jobs_table.c.finished_at,
+]
+
+
+async def get_job(conn: AsyncConnection, *, job_id: int) -> JobRecord | None:
+    """Return the job with ``job_id``, or None."""
+    result = await conn.execute(select(*_JOB_COLUMNS).where(jobs_table.c.id == job_id))
+    row = result.one_or_none()
+    return JobRecord(**row._mapping) if row else None
+
+
+async def ping(conn: AsyncConnection) -> None:
+    """Round-trip to Postgres."""
+    await conn.execute(text("SELECT 1"))
+
+
+_MESSAGE_BODIES = text(
+    """
+    SELECT array(SELECT body FROM messages WHERE job_id = jobs.id ORDER BY seq)
+    FROM jobs WHERE id = :job_id
+    """
+)
+
+
+async def list_message_bodies(conn: AsyncConnection, *, job_id: int) -> list[str] | None:
+    """Return the job's message bodies in step order, or None when the job does not exist."""
+    result = await conn.execute(_MESSAGE_BODIES, {"job_id": job_id})
+    row = result.one_or_none()
+    return list(row[0]) if row else None
+
+
+_MARK_PUBLISHED = text(
+    """
+    UPDATE jobs SET published_at = now()
+    WHERE id = ANY(:ids) AND state = 'queued' AND published_at IS NULL
+    """
+).bindparams(bindparam("ids", type_=ARRAY(BIGINT)))
+
+
+async def mark_published_async(conn: AsyncConnection, *, job_ids: Sequence[int]) -> None:
+    """Record that the broker confirmed a message for each of ``job_ids``."""
+    await conn.execute(_MARK_PUBLISHED, {"ids": list(job_ids)})
+
+
+# --- worker side --------------------------------------------------------------------
+
+_CLAIM = text(
+    """
+    UPDATE jobs SET
+        state = 'running',
+        attempts = attempts + CASE WHEN handed_off THEN 0 ELSE 1 END,
+        handed_off = false,
+        lease_owner = :owner,
+        lease_expires_at = now() + make_interval(secs => :lease_seconds),
+        started_at = coalesce(started_at, now()),
+        published_at = coalesce(published_at, now()),
+        updated_at = now()
+    WHERE id = :job_id
+      AND (state = 'queued' OR (state = 'running' AND lease_expires_at < now()))
+    RETURNING id, fn, params, attempts, max_attempts, message_count
+    """
+)
+
+
+def claim_job(
+    conn: Connection, *, job_id: int, owner: str, lease_seconds: float
+) -> ClaimedJob | None:
+    """Take the job's lease if it is queued or its lease has expired; None if taken or done."""
+    row = conn.execute(
+        _CLAIM, {"job_id": job_id, "owner": owner, "lease_seconds": lease_seconds}
+    ).one_or_none()
+    return ClaimedJob(**row._mapping) if row else None
+
+
+_RECORD_STEP = text(
+    """
+    WITH job AS (
+        UPDATE jobs SET
+            message_count = :seq,
+            state = CASE WHEN :final THEN 'succeeded' ELSE state END,
+            finished_at = CASE WHEN :final THEN now() END,
+            lease_owner = CASE WHEN :final THEN NULL ELSE lease_owner END,
+            lease_expires_at = CASE WHEN :final THEN NULL
+                                    ELSE now() + make_interval(secs => :lease_seconds) END,
+            updated_at = now()
+        WHERE id = :job_id AND state = 'running' AND lease_owner = :owner
+          AND message_count = :seq - 1
+        RETURNING id, attempts
+    )
+    INSERT INTO messages (job_id, seq, body, attempt)
+    SELECT id, :seq, :body, attempts FROM job
+    RETURNING seq
+    """
+)
+
+
+def record_step(
+    conn: Connection,
+    *,
+    job_id: int,
+    owner: str,
+    seq: int,
+    body: str,
+    final: bool,
+    lease_seconds: float,
+) -> bool:
+    """Append message ``seq`` and advance the job (to `succeeded` if ``final``), atomically.
+
+    Returns False when ``owner`` no longer holds the lease or the step is already
+    recorded; nothing is written then.
+    """
+    row = conn.execute(
+        _RECORD_STEP,
+        {
+            "job_id": job_id,
+            "owner": owner,
+            "seq": seq,
+            "body": body,
+            "final": final,
+            "lease_seconds": lease_seconds,
+        },
+    ).one_or_none()
+    return row is not None
+
+
+_RELEASE_FOR_RETRY = text(
+    """
+    UPDATE jobs SET
+        state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+        finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+        run_after = now() + make_interval(secs => :delay_seconds),
+        last_error = :error,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        published_at = NULL,
+        updated_at = now()
+    WHERE id = :job_id AND state = 'running' AND lease_owner = :owner
+    RETURNING state
+    """
+)
+
+
+def release_for_retry(
+    conn: Connection, *, job_id: int, owner: str, error: str, delay_seconds: float
+) -> ReleasedJob | None:
+    """End the current attempt with ``error``: queue a retry, or fail when attempts are spent."""
+    row = conn.execute(
+        _RELEASE_FOR_RETRY,
+        {"job_id": job_id, "owner": owner, "error": error, "delay_seconds": delay_seconds},
+    ).one_or_none()
+    if row is None:
+        return None
+    state = JobState(row.state)
+    return ReleasedJob(state=state, delay_seconds=delay_seconds if state is JobState.QUEUED else 0)
+
+
+_FAIL_SPENT = text(
+    """
+    UPDATE jobs SET state = 'failed', finished_at = now(), updated_at = now(),
+        last_error = :error, lease_owner = NULL, lease_expires_at = NULL
+    WHERE id = :job_id AND lease_owner = :owner
+    """
+)
+
+
+def fail_job(conn: Connection, *, job_id: int, owner: str, error: str) -> None:
+    """Mark a claimed job `failed` with ``error``."""
+    conn.execute(_FAIL_SPENT, {"job_id": job_id, "owner": owner, "error": error})
+
+
+_HAND_OFF = text(
+    """
+    UPDATE jobs SET state = 'queued', handed_off = true, run_after = now(),
+        lease_owner = NULL, lease_expires_at = NULL, published_at = NULL, updated_at = now()
+    WHERE id = :job_id AND state = 'running' AND lease_owner = :owner
+    RETURNING id
+    """
+)
+
+
+def hand_off_job(conn: Connection, *, job_id: int, owner: str) -> bool:
+    """Give a running job back to the queue mid-attempt (same attempt continues)."""
+    return conn.execute(_HAND_OFF, {"job_id": job_id, "owner": owner}).one_or_none() is not None
+
+
+_RENEW_LEASES = text(
+    """
+    UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
+    WHERE lease_owner = ANY(:owners) AND state = 'running'
+    """
+).bindparams(bindparam("owners", type_=ARRAY(TEXT)))
+
+
+def renew_leases(conn: Connection, *, owners: Sequence[str], lease_seconds: float) -> None:
+    """Push out the lease of every job held by ``owners``."""
+    conn.execute(_RENEW_LEASES, {"owners": list(owners), "lease_seconds": lease_seconds})
+
+
+def try_sweeper_lock(conn: Connection) -> bool:
+    """Take the transaction-scoped sweeper lock; False if another sweeper holds it."""
+    return bool(
+        conn.execute(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SWEEPER_LOCK_KEY}
+        ).scalar_one()
+    )
+
+
+_REQUEUE_EXPIRED = text(
+    """
+    UPDATE jobs SET
+        state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+        finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+        last_error = format('worker %s stopped during attempt %s (lease expired)',
+                            split_part(lease_owner, '/', 1) || '/' ||
+                            split_part(lease_owner, '/', 2), attempts),
+        run_after = now(), lease_owner = NULL, lease_expires_at = NULL,
+        published_at = NULL, updated_at = now()
+    WHERE id IN (
+        SELECT id FROM jobs
+        WHERE state = 'running' AND lease_expires_at < now()
+        ORDER BY lease_expires_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id, state
+    """
+)
+
+
+def requeue_expired_leases(conn: Connection, *, limit: int) -> list[int]:
+    """Queue again (or fail, when attempts are spent) jobs whose worker stopped renewing."""
+    rows = conn.execute(_REQUEUE_EXPIRED, {"limit": limit}).all()
+    return [row.id for row in rows if row.state == JobState.QUEUED]
+
+
+_LIST_UNPUBLISHED = text(
+    """
+    SELECT id, greatest(0, extract(epoch FROM run_after - now()))::float8 AS delay_seconds
+    FROM jobs
+    WHERE state = 'queued' AND published_at IS NULL
+      AND run_after < now() + make_interval(secs => :horizon_seconds)
+      AND updated_at < now() - make_interval(secs => :grace_seconds)
+    ORDER BY run_after
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+def list_unpublished(
+    conn: Connection, *, grace_seconds: float, horizon_seconds: float, limit: int
+) -> list[PendingPublish]:
+    """Queued jobs that nobody published within ``grace_seconds`` of being queued."""
+    rows = conn.execute(
+        _LIST_UNPUBLISHED,
+        {"grace_seconds": grace_seconds, "horizon_seconds": horizon_seconds, "limit": limit},
+    ).all()
+    return [PendingPublish(id=row.id, delay_seconds=row.delay_seconds) for row in rows]
+
+
+def mark_published(conn: Connection, *, job_ids: Sequence[int]) -> None:
+    """Record that the broker confirmed a message for each of ``job_ids``."""
+    conn.execute(_MARK_PUBLISHED, {"ids": list(job_ids)})
