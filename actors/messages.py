@@ -22,7 +22,10 @@ def queue_declarations(queue_name: str) -> dict[str, dict[str, object]]:
     Publishers that do not go through Dramatiq declare the same queues, so a job
     sent before any worker ever started is kept rather than dropped.
     """
-    dead_letter: dict[str, object] = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": xq_name(queue_name)}
+    dead_letter: dict[str, object] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": xq_name(queue_name),
+    }
     return {
         queue_name: dead_letter,
         dq_name(queue_name): dead_letter,

@@ -7,7 +7,14 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from db.models import JobState
 from db.queries import JobRecord
@@ -15,9 +22,18 @@ from db.queries import JobRecord
 MAX_NAME_LENGTH = 200
 MAX_PARAMS_BYTES = 64 * 1024
 
+
+def _no_nul(value: str) -> str:
+    # Postgres text cannot hold NUL; refuse it here rather than fail at INSERT.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 Name = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"^[^\x00]*$"),
+    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH),
+    AfterValidator(_no_nul),
 ]
 
 
