@@ -104,20 +104,22 @@ class AmqpPublisher(_BatchingPublisher):
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self.connected = asyncio.Event()
+        self._closing = False
 
     def start(self, engine: AsyncEngine) -> None:
         super().start(engine)
         self._spawn(self._keep_connected(), "jobline-amqp-connection")
 
     async def close(self) -> None:
-        await super().close()
+        self._closing = True
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
+        await super().close()
 
     async def _keep_connected(self) -> None:
         delay = RECONNECT_MIN_SECONDS
-        while True:
+        while not self._closing:
             try:
                 connection = await aio_pika.connect(self._url, timeout=self._timeout)
                 channel = await connection.channel(publisher_confirms=True)
@@ -131,14 +133,17 @@ class AmqpPublisher(_BatchingPublisher):
             delay = RECONNECT_MIN_SECONDS
             self._connection, self._channel = connection, channel
             self.connected.set()
-            closed = asyncio.Event()
-            connection.close_callbacks.add(lambda *_, event=closed: event.set())
-            await closed.wait()
+            await connection.closed()
             self.connected.clear()
             self._connection = self._channel = None
             logger.warning("RabbitMQ connection lost; reconnecting")
 
     async def _publish_batch(self, job_ids: list[int]) -> list[int]:
+        if not self.connected.is_set():
+            # Starting up or reconnecting: wait a little rather than leave every
+            # job of the first moments to the sweeper.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), self._timeout)
         channel = self._channel
         if channel is None or channel.is_closed:
             return []  # left unpublished in Postgres; the sweeper sends them later

@@ -1,0 +1,38 @@
+"""Reading what jobline wrote, straight from Postgres."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+def job_row(db: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
+    """The jobs row, as a dict."""
+    with db.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    assert row is not None, f"job {job_id} does not exist"
+    return row
+
+
+def messages(db: psycopg.Connection[Any], job_id: int) -> list[tuple[int, str, int]]:
+    """(seq, body, attempt) of every message of the job, in order."""
+    rows = db.execute(
+        "SELECT seq, body, attempt FROM messages WHERE job_id = %s ORDER BY seq", (job_id,)
+    ).fetchall()
+    return [(int(seq), str(body), int(attempt)) for seq, body, attempt in rows]
+
+
+def is_final(db: psycopg.Connection[Any], job_id: int) -> bool:
+    """True once the job reached succeeded, failed or cancelled."""
+    return job_row(db, job_id)["state"] in FINAL_STATES
+
+
+def count_jobs(db: psycopg.Connection[Any]) -> int:
+    """Rows in jobs."""
+    row = db.execute("SELECT count(*) FROM jobs").fetchone()
+    assert row is not None
+    return int(row[0])
