@@ -69,8 +69,6 @@ class JobRunner:
 
     def _prepare(self, claimed: queries.ClaimedJob) -> tuple[JobFunction, BaseModel] | str:
         """The job's function and params, or why the job cannot run at all."""
-        if claimed.attempts > claimed.max_attempts:
-            return f"gave up after {claimed.max_attempts} attempts"
         function = self.runtime.registry.get(claimed.fn)
         if function is None:
             return f"no job function named {claimed.fn!r} on this worker"

@@ -178,6 +178,10 @@ async def mark_published_async(conn: AsyncConnection, *, job_ids: Sequence[int])
 
 # --- worker side --------------------------------------------------------------------
 
+# The error recorded when a worker stopped renewing its lease (lease_owner is host/pid/token).
+_LEASE_EXPIRED_ERROR = """format('worker %s/%s stopped during attempt %s (lease expired)',
+    split_part(lease_owner, '/', 1), split_part(lease_owner, '/', 2), attempts)"""
+
 _CLAIM = text(
     """
     UPDATE jobs SET
@@ -188,11 +192,15 @@ _CLAIM = text(
         lease_expires_at = now() + make_interval(secs => :lease_seconds),
         started_at = coalesce(started_at, now()),
         published_at = coalesce(published_at, now()),
+        last_error = CASE WHEN state = 'running' THEN {lease_expired} ELSE last_error END,
         updated_at = now()
     WHERE id = :job_id
-      AND (state = 'queued' OR (state = 'running' AND lease_expires_at < now()))
+      AND (state = 'queued'
+           -- A redelivery may find the lease expired before the sweeper does. On
+           -- the last attempt, the sweeper fails the job instead.
+           OR (state = 'running' AND lease_expires_at < now() AND attempts < max_attempts))
     RETURNING id, fn, params, attempts, max_attempts, message_count
-    """
+    """.format(lease_expired=_LEASE_EXPIRED_ERROR)
 )
 
 
@@ -344,9 +352,7 @@ _REQUEUE_EXPIRED = text(
     UPDATE jobs SET
         state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
         finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
-        last_error = format('worker %s stopped during attempt %s (lease expired)',
-                            split_part(lease_owner, '/', 1) || '/' ||
-                            split_part(lease_owner, '/', 2), attempts),
+        last_error = {lease_expired},
         run_after = now(), lease_owner = NULL, lease_expires_at = NULL,
         published_at = NULL, updated_at = now()
     WHERE id IN (
@@ -357,7 +363,7 @@ _REQUEUE_EXPIRED = text(
         FOR UPDATE SKIP LOCKED
     )
     RETURNING id, state
-    """
+    """.format(lease_expired=_LEASE_EXPIRED_ERROR)
 )
 
 
