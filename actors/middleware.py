@@ -27,7 +27,7 @@ class WorkerLifecycle(dramatiq.Middleware):
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # Running jobs hand themselves on at their next step boundary.
-        self.runtime.stopping.set()
+        self.runtime.stop()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.runtime.close()
@@ -67,7 +67,7 @@ class _PeriodicTask(dramatiq.Middleware):
 
 
 class LeaseHeartbeat(_PeriodicTask):
-    """Renews the lease of every job running in this process, three times per lease."""
+    """Renews the leases of this process's jobs three times per lease, and passes on cancels."""
 
     name = "heartbeat"
 
@@ -79,9 +79,11 @@ class LeaseHeartbeat(_PeriodicTask):
         owners = self.runtime.held_leases()
         if owners:
             with translate_errors(), self.runtime.engine.begin() as conn:
-                queries.renew_leases(
+                cancelled = queries.renew_leases(
                     conn, owners=owners, lease_seconds=self.runtime.settings.lease_seconds
                 )
+            if cancelled:
+                self.runtime.request_cancel(cancelled)
 
 
 class Sweeper(_PeriodicTask):

@@ -27,12 +27,13 @@ class StepContext:
     attempt: int
     step: int
     params: BaseModel
-    stopping: threading.Event = field(repr=False)
+    interrupted: threading.Event = field(repr=False)
 
     def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``, or raise ``StepInterrupted`` at once if the worker stops."""
-        if self.stopping.wait(seconds):
-            raise StepInterrupted(f"job {self.job_id} step {self.step} interrupted by shutdown")
+        """Wait ``seconds``; raise ``StepInterrupted`` at once if the job is cancelled or
+        the worker stops (the step is then not recorded)."""
+        if self.interrupted.wait(seconds):
+            raise StepInterrupted(f"job {self.job_id} step {self.step} interrupted")
 
 
 Step = Callable[[StepContext], str]

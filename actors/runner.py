@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from actors.errors import StepInterrupted
 from actors.registry import JobFunction, StepContext
-from actors.runtime import WorkerRuntime
+from actors.runtime import Lease, WorkerRuntime
 from db import queries
 from db.errors import LeaseLost, translate_errors
 from db.models import JobState
@@ -20,6 +20,7 @@ from db.models import JobState
 logger = logging.getLogger(__name__)
 
 DONE_MESSAGE = "done"
+CANCELLED_MESSAGE = "cancelled"
 MAX_ERROR_LENGTH = 2000
 
 # Publishes run_job(job_id) after a delay; returns True once the broker confirmed.
@@ -60,9 +61,9 @@ class JobRunner:
                 queries.fail_job(conn, job_id=job_id, owner=owner, error=prepared)
                 return
         function, params = prepared
-        with self.runtime.holding(owner):
+        with self.runtime.holding(owner, cancel_requested=claimed.cancel_requested) as lease:
             try:
-                self._run_steps(claimed, function=function, params=params, owner=owner)
+                self._run_steps(claimed, function=function, params=params, lease=lease)
             except LeaseLost as error:
                 # Another worker owns the job now (our lease expired); it carries on.
                 logger.warning("%s; leaving the job to its new owner", error)
@@ -78,20 +79,26 @@ class JobRunner:
             return f"params no longer valid for {claimed.fn}: {error}"[:MAX_ERROR_LENGTH]
 
     def _run_steps(
-        self, claimed: queries.ClaimedJob, *, function: JobFunction, params: BaseModel, owner: str
+        self,
+        claimed: queries.ClaimedJob,
+        *,
+        function: JobFunction,
+        params: BaseModel,
+        lease: Lease,
     ) -> None:
         total = len(function.steps)
-        if claimed.message_count == total:  # every step recorded; only `done` is missing
-            self._record(
-                claimed.id, owner, first_seq=total + 1, bodies=[DONE_MESSAGE], completes=True
-            )
+        if lease.cancel_requested:
+            self._cancel(claimed.id, lease)
+            return
+        if claimed.steps_done == total:  # every step recorded; only `done` is missing
+            self._record(claimed.id, lease, [(None, DONE_MESSAGE, JobState.SUCCEEDED)])
             return
         started = time.monotonic()
-        for index in range(claimed.message_count, total):
+        for index in range(claimed.steps_done, total):
             if self.runtime.stopping.is_set() or (
                 time.monotonic() - started > self.runtime.settings.slice_seconds
             ):
-                self._hand_off(claimed.id, owner)
+                self._hand_off(claimed.id, lease)
                 return
             step_number = index + 1
             context = StepContext(
@@ -99,7 +106,7 @@ class JobRunner:
                 attempt=claimed.attempts,
                 step=step_number,
                 params=params,
-                stopping=self.runtime.stopping,
+                interrupted=lease.interrupted,
             )
             try:
                 body = function.steps[index](context)
@@ -108,42 +115,56 @@ class JobRunner:
                 if "\x00" in body:
                     raise ValueError(f"step {step_number} returned text containing NUL")
             except StepInterrupted:
-                self._hand_off(claimed.id, owner)
+                if lease.cancel_requested:
+                    self._cancel(claimed.id, lease)
+                else:
+                    self._hand_off(claimed.id, lease)
                 return
             except (Exception, TimeLimitExceeded) as error:
                 logger.warning(
                     "job %s step %s failed: %s", claimed.id, step_number, describe(error)
                 )
-                self._retry_later(claimed, owner, error)
+                self._retry_later(claimed, lease, error)
                 return
-            last = step_number == total
-            # The last step and `done` commit together: one transaction fewer per job.
-            self._record(
-                claimed.id,
-                owner,
-                first_seq=step_number,
-                bodies=[body, DONE_MESSAGE] if last else [body],
-                completes=last,
-            )
+            if step_number == total:
+                # The last step and `done` commit together: one transaction fewer per job.
+                self._record(
+                    claimed.id,
+                    lease,
+                    [(step_number, body, None), (None, DONE_MESSAGE, JobState.SUCCEEDED)],
+                )
+                return
+            if self._record(claimed.id, lease, [(step_number, body, None)]):
+                lease.cancel_requested = True
+            if lease.cancel_requested:
+                self._cancel(claimed.id, lease)
+                return
 
     def _record(
-        self, job_id: int, owner: str, *, first_seq: int, bodies: list[str], completes: bool
-    ) -> None:
-        last_seq = first_seq + len(bodies) - 1
+        self, job_id: int, lease: Lease, entries: list[tuple[int | None, str, JobState | None]]
+    ) -> bool:
+        """Record ``entries`` (step, body, final state) in one transaction; True if cancelled."""
+        cancel_requested = False
         with translate_errors(), self.runtime.engine.begin() as conn:
-            for seq, body in enumerate(bodies, start=first_seq):
-                if not queries.record_step(
+            for step, body, final_state in entries:
+                result = queries.record_message(
                     conn,
                     job_id=job_id,
-                    owner=owner,
-                    seq=seq,
+                    owner=lease.owner,
+                    step=step,
                     body=body,
-                    final=completes and seq == last_seq,
+                    final_state=final_state,
                     lease_seconds=self.runtime.settings.lease_seconds,
-                ):
-                    raise LeaseLost(f"job {job_id}: lease {owner} lost before step {seq}")
+                )
+                if result is None:
+                    raise LeaseLost(f"job {job_id}: lease {lease.owner} lost before {body!r}")
+                cancel_requested = result
+        return cancel_requested
 
-    def _retry_later(self, claimed: queries.ClaimedJob, owner: str, error: BaseException) -> None:
+    def _cancel(self, job_id: int, lease: Lease) -> None:
+        self._record(job_id, lease, [(None, CANCELLED_MESSAGE, JobState.CANCELLED)])
+
+    def _retry_later(self, claimed: queries.ClaimedJob, lease: Lease, error: BaseException) -> None:
         settings = self.runtime.settings
         delay = retry_delay(
             attempt=claimed.attempts,
@@ -154,16 +175,16 @@ class JobRunner:
             released = queries.release_for_retry(
                 conn,
                 job_id=claimed.id,
-                owner=owner,
+                owner=lease.owner,
                 error=f"attempt {claimed.attempts}: {describe(error)}",
                 delay_seconds=delay,
             )
         if released is not None and released.state is JobState.QUEUED:
             self._publish(claimed.id, released.delay_seconds)
 
-    def _hand_off(self, job_id: int, owner: str) -> None:
+    def _hand_off(self, job_id: int, lease: Lease) -> None:
         with translate_errors(), self.runtime.engine.begin() as conn:
-            handed_off = queries.hand_off_job(conn, job_id=job_id, owner=owner)
+            handed_off = queries.hand_off_job(conn, job_id=job_id, owner=lease.owner)
         if handed_off:
             self._publish(job_id, 0)
 

@@ -8,12 +8,23 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
 from actors.registry import JobRegistry
 from db.engine import make_engine
 from db.settings import Settings
+
+
+@dataclass
+class Lease:
+    """A claim this process holds: who owns it, and whether it must stop early."""
+
+    owner: str
+    cancel_requested: bool = False
+    # Set on shutdown or cancel; StepContext.sleep wakes on it.
+    interrupted: threading.Event = field(default_factory=threading.Event)
 
 
 class WorkerRuntime:
@@ -24,7 +35,7 @@ class WorkerRuntime:
         self.registry = registry
         self.stopping = threading.Event()
         self._engine: Engine | None = None
-        self._leases: set[str] = set()
+        self._leases: dict[str, Lease] = {}
         self._lock = threading.Lock()
         self._identity = f"{socket.gethostname()}/{os.getpid()}"
 
@@ -54,17 +65,36 @@ class WorkerRuntime:
         return f"{self._identity}/{uuid.uuid4().hex[:12]}"
 
     @contextmanager
-    def holding(self, owner: str) -> Iterator[None]:
-        """Track ``owner`` as a live lease so the heartbeat renews it."""
+    def holding(self, owner: str, *, cancel_requested: bool = False) -> Iterator[Lease]:
+        """Track the lease of ``owner`` so the heartbeat renews it and shutdown interrupts it."""
+        lease = Lease(owner=owner, cancel_requested=cancel_requested)
+        if self.stopping.is_set():
+            lease.interrupted.set()
         with self._lock:
-            self._leases.add(owner)
+            self._leases[owner] = lease
         try:
-            yield
+            yield lease
         finally:
             with self._lock:
-                self._leases.discard(owner)
+                self._leases.pop(owner, None)
 
     def held_leases(self) -> list[str]:
         """Lease owners currently running in this process."""
         with self._lock:
             return list(self._leases)
+
+    def request_cancel(self, owners: list[str]) -> None:
+        """Interrupt the jobs of ``owners``: they were cancelled through the API."""
+        with self._lock:
+            leases = [self._leases[owner] for owner in owners if owner in self._leases]
+        for lease in leases:
+            lease.cancel_requested = True
+            lease.interrupted.set()
+
+    def stop(self) -> None:
+        """Flag shutdown and interrupt every running step's pause."""
+        self.stopping.set()
+        with self._lock:
+            leases = list(self._leases.values())
+        for lease in leases:
+            lease.interrupted.set()

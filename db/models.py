@@ -65,8 +65,18 @@ class Job(Base):
     state: Mapped[str] = mapped_column(Text, server_default=JobState.QUEUED.value)
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer)
-    # Number of message rows: the last recorded seq. Steps resume after it.
+    # Number of message rows: the last recorded seq.
     message_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Steps recorded so far; a run resumes with step steps_done + 1.
+    steps_done: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Set by POST /jobs/{offset}/cancel on a running job: stop at the next step boundary.
+    cancel_requested: Mapped[bool] = mapped_column(server_default=false())
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    # pending -> delivered | failed, for jobs with a callback_url that have ended.
+    callback_state: Mapped[str | None] = mapped_column(Text)
+    callback_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # When the next delivery may start; also a short lease while one is in flight.
+    callback_due_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # Set when a worker passes a running job on (slice over, shutdown): the next
     # claim continues the same attempt instead of counting a new one.
     handed_off: Mapped[bool] = mapped_column(server_default=false())
@@ -97,6 +107,16 @@ class Job(Base):
             "lease_expires_at",
             postgresql_where=text("state = 'running'"),
         ),
+        Index("ix_jobs_state_id", "state", "id"),
+        Index("ix_jobs_fn_id", "fn", "id"),
+        Index(
+            "ix_jobs_callback_due",
+            "callback_due_at",
+            postgresql_where=text("callback_state = 'pending'"),
+        ),
+        CheckConstraint(
+            "callback_state IN ('pending', 'delivered', 'failed')", name="callback_state"
+        ),
     )
 
 
@@ -109,12 +129,46 @@ class Message(Base):
         BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The job function's step this message reports; NULL for `done` and `cancelled`.
+    step: Mapped[int | None] = mapped_column(Integer)
     body: Mapped[str] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 
-    __table_args__ = (CheckConstraint("seq >= 1", name="seq_positive"),)
+    __table_args__ = (
+        CheckConstraint("seq >= 1", name="seq_positive"),
+        # A step is recorded once, however often it is delivered or retried.
+        Index("uq_messages_job_id_step", "job_id", "step", unique=True),
+    )
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` seen on ``POST /schedule``, with the job it created."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    request_hash: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+
+
+class WebhookDelivery(Base):
+    """One attempt to POST a finished job to its ``callback_url``."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    webhook_id: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 
 
 jobs_table = Job.__table__
 messages_table = Message.__table__
+webhook_deliveries_table = WebhookDelivery.__table__

@@ -62,7 +62,8 @@ class ClaimedJob:
     params: dict[str, Any]
     attempts: int
     max_attempts: int
-    message_count: int
+    steps_done: int
+    cancel_requested: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,7 @@ _LEASE_EXPIRED_ERROR = """format('worker %s/%s stopped during attempt %s (lease 
     split_part(lease_owner, '/', 1), split_part(lease_owner, '/', 2), attempts)"""
 
 _CLAIM = text(
-    """
+    f"""
     UPDATE jobs SET
         state = 'running',
         attempts = attempts + CASE WHEN handed_off THEN 0 ELSE 1 END,
@@ -192,15 +193,15 @@ _CLAIM = text(
         lease_expires_at = now() + make_interval(secs => :lease_seconds),
         started_at = coalesce(started_at, now()),
         published_at = coalesce(published_at, now()),
-        last_error = CASE WHEN state = 'running' THEN {lease_expired} ELSE last_error END,
+        last_error = CASE WHEN state = 'running' THEN {_LEASE_EXPIRED_ERROR} ELSE last_error END,
         updated_at = now()
     WHERE id = :job_id
       AND (state = 'queued'
            -- A redelivery may find the lease expired before the sweeper does. On
            -- the last attempt, the sweeper fails the job instead.
            OR (state = 'running' AND lease_expires_at < now() AND attempts < max_attempts))
-    RETURNING id, fn, params, attempts, max_attempts, message_count
-    """.format(lease_expired=_LEASE_EXPIRED_ERROR)
+    RETURNING id, fn, params, attempts, max_attempts, steps_done, cancel_requested
+    """
 )
 
 
@@ -214,55 +215,58 @@ def claim_job(
     return ClaimedJob(**row._mapping) if row else None
 
 
-_RECORD_STEP = text(
+_RECORD_MESSAGE = text(
     """
     WITH job AS (
         UPDATE jobs SET
-            message_count = :seq,
-            state = CASE WHEN :final THEN 'succeeded' ELSE state END,
-            finished_at = CASE WHEN :final THEN now() END,
-            lease_owner = CASE WHEN :final THEN NULL ELSE lease_owner END,
-            lease_expires_at = CASE WHEN :final THEN NULL
+            message_count = message_count + 1,
+            steps_done = steps_done + CASE WHEN CAST(:step AS integer) IS NULL THEN 0 ELSE 1 END,
+            state = coalesce(CAST(:final_state AS text), state),
+            finished_at = CASE WHEN CAST(:final_state AS text) IS NOT NULL THEN now() END,
+            lease_owner = CASE WHEN CAST(:final_state AS text) IS NOT NULL
+                               THEN NULL ELSE lease_owner END,
+            lease_expires_at = CASE WHEN CAST(:final_state AS text) IS NOT NULL THEN NULL
                                     ELSE now() + make_interval(secs => :lease_seconds) END,
             updated_at = now()
         WHERE id = :job_id AND state = 'running' AND lease_owner = :owner
-          AND message_count = :seq - 1
-        RETURNING id, attempts
+          AND (CAST(:step AS integer) IS NULL OR steps_done = CAST(:step AS integer) - 1)
+        RETURNING id, attempts, message_count, cancel_requested
     )
-    INSERT INTO messages (job_id, seq, body, attempt)
-    SELECT id, :seq, :body, attempts FROM job
-    RETURNING seq
+    INSERT INTO messages (job_id, seq, step, body, attempt)
+    SELECT id, message_count, CAST(:step AS integer), :body, attempts FROM job
+    RETURNING (SELECT cancel_requested FROM job)
     """
 )
 
 
-def record_step(
+def record_message(
     conn: Connection,
     *,
     job_id: int,
     owner: str,
-    seq: int,
+    step: int | None,
     body: str,
-    final: bool,
+    final_state: JobState | None,
     lease_seconds: float,
-) -> bool:
-    """Append message ``seq`` and advance the job (to `succeeded` if ``final``), atomically.
+) -> bool | None:
+    """Append a message (for ``step``, or a closing one when None) and advance the job.
 
-    Returns False when ``owner`` no longer holds the lease or the step is already
-    recorded; nothing is written then.
+    With ``final_state`` the job ends in that state in the same statement. Returns
+    None when ``owner`` no longer holds the lease or the step is already recorded
+    (nothing is written then), else whether a cancel has been requested.
     """
     row = conn.execute(
-        _RECORD_STEP,
+        _RECORD_MESSAGE,
         {
             "job_id": job_id,
             "owner": owner,
-            "seq": seq,
+            "step": step,
             "body": body,
-            "final": final,
+            "final_state": final_state.value if final_state else None,
             "lease_seconds": lease_seconds,
         },
     ).one_or_none()
-    return row is not None
+    return None if row is None else bool(row[0])
 
 
 _RELEASE_FOR_RETRY = text(
@@ -329,13 +333,17 @@ _RENEW_LEASES = text(
     """
     UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
     WHERE lease_owner = ANY(:owners) AND state = 'running'
+    RETURNING lease_owner, cancel_requested
     """
 ).bindparams(bindparam("owners", type_=ARRAY(TEXT)))
 
 
-def renew_leases(conn: Connection, *, owners: Sequence[str], lease_seconds: float) -> None:
-    """Push out the lease of every job held by ``owners``."""
-    conn.execute(_RENEW_LEASES, {"owners": list(owners), "lease_seconds": lease_seconds})
+def renew_leases(conn: Connection, *, owners: Sequence[str], lease_seconds: float) -> list[str]:
+    """Push out the lease of every job held by ``owners``; return those asked to cancel."""
+    rows = conn.execute(
+        _RENEW_LEASES, {"owners": list(owners), "lease_seconds": lease_seconds}
+    ).all()
+    return [row.lease_owner for row in rows if row.cancel_requested]
 
 
 def try_sweeper_lock(conn: Connection) -> bool:
@@ -348,11 +356,11 @@ def try_sweeper_lock(conn: Connection) -> bool:
 
 
 _REQUEUE_EXPIRED = text(
-    """
+    f"""
     UPDATE jobs SET
         state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
         finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
-        last_error = {lease_expired},
+        last_error = {_LEASE_EXPIRED_ERROR},
         run_after = now(), lease_owner = NULL, lease_expires_at = NULL,
         published_at = NULL, updated_at = now()
     WHERE id IN (
@@ -363,7 +371,7 @@ _REQUEUE_EXPIRED = text(
         FOR UPDATE SKIP LOCKED
     )
     RETURNING id, state
-    """.format(lease_expired=_LEASE_EXPIRED_ERROR)
+    """
 )
 
 

@@ -196,14 +196,15 @@ def test_job_of_a_dead_worker_is_requeued_once_its_lease_expires(
     # Given a job whose worker died after recording its first step
     row = db.execute(
         "INSERT INTO jobs (fn, deployment, framework, params, max_attempts, state, attempts,"
-        " message_count, lease_owner, lease_expires_at, published_at, started_at)"
+        " message_count, steps_done, lease_owner, lease_expires_at, published_at, started_at)"
         " VALUES ('default_fn', 'Docker', 'FastAPI', '{\"step_seconds\": 0}', 3, 'running', 1,"
-        " 1, 'gone-host/4242/abc', now() - interval '1 second', now(), now()) RETURNING id"
+        " 1, 1, 'gone-host/4242/abc', now() - interval '1 second', now(), now()) RETURNING id"
     ).fetchone()
     assert row is not None
     offset = row[0]
     db.execute(
-        "INSERT INTO messages (job_id, seq, body, attempt) VALUES (%s, 1, 'result1', 1)", (offset,)
+        "INSERT INTO messages (job_id, seq, step, body, attempt) VALUES (%s, 1, 1, 'result1', 1)",
+        (offset,),
     )
 
     start_worker()

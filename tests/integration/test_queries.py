@@ -78,10 +78,19 @@ def test_a_step_is_recorded_exactly_once_and_only_by_the_lease_holder(
     with engine.begin() as conn:
         queries.claim_job(conn, job_id=job_id, owner="h/1/a", lease_seconds=30)
 
-    def record(owner: str, seq: int, body: str) -> bool:
+    def record(owner: str, step: int, body: str) -> bool:
         with engine.begin() as conn:
-            return queries.record_step(
-                conn, job_id=job_id, owner=owner, seq=seq, body=body, final=False, lease_seconds=30
+            return (
+                queries.record_message(
+                    conn,
+                    job_id=job_id,
+                    owner=owner,
+                    step=step,
+                    body=body,
+                    final_state=None,
+                    lease_seconds=30,
+                )
+                is not None
             )
 
     assert record("h/1/a", 1, "one")
@@ -105,9 +114,16 @@ def test_an_expired_lease_fences_out_the_old_holder(
     assert taken is not None
     assert taken.attempts == 2
     with engine.begin() as conn:
-        assert not queries.record_step(
-            conn, job_id=job_id, owner="h/1/old", seq=1, body="late", final=False, lease_seconds=30
+        late = queries.record_message(
+            conn,
+            job_id=job_id,
+            owner="h/1/old",
+            step=1,
+            body="late",
+            final_state=None,
+            lease_seconds=30,
         )
+        assert late is None
     assert (
         job_row(db, job_id)["last_error"] == "worker h/1 stopped during attempt 1 (lease expired)"
     )

@@ -52,7 +52,7 @@ def test_default_fn_steps_report_result1_to_result3() -> None:
     params = default_fn.parse_params({"step_seconds": 0})
     stopping = threading.Event()
     results = [
-        step(StepContext(job_id=1, attempt=1, step=n, params=params, stopping=stopping))
+        step(StepContext(job_id=1, attempt=1, step=n, params=params, interrupted=stopping))
         for n, step in enumerate(default_fn.steps, start=1)
     ]
     assert results == ["result1", "result2", "result3"]
@@ -62,7 +62,7 @@ def test_step_sleep_is_interrupted_by_shutdown() -> None:
     stopping = threading.Event()
     stopping.set()
     context = StepContext(
-        job_id=1, attempt=1, step=1, params=default_fn.parse_params({}), stopping=stopping
+        job_id=1, attempt=1, step=1, params=default_fn.parse_params({}), interrupted=stopping
     )
     with pytest.raises(StepInterrupted):
         context.sleep(60)
