@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from actors.registry import JobRegistry, load_registry
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.events import JobEvents
 from api.publisher import AmqpPublisher, Publisher
 from api.routes import router
 from api.writer import JobWriter
@@ -37,14 +38,23 @@ def create_app(
         engine = make_async_engine(settings)
         writer = JobWriter(engine)
         chosen = publisher or _amqp_publisher(settings)
+        assert settings.database_url is not None  # make_async_engine checked it
+        events = JobEvents(settings.database_url, connect_timeout=settings.connect_timeout_seconds)
         writer.start()
         chosen.start(engine)
+        events.start()
         app.state.services = Services(
-            settings=settings, registry=registry, engine=engine, writer=writer, publisher=chosen
+            settings=settings,
+            registry=registry,
+            engine=engine,
+            writer=writer,
+            publisher=chosen,
+            events=events,
         )
         try:
             yield
         finally:
+            await events.close()
             await chosen.close()
             await writer.close()
             await engine.dispose()

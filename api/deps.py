@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from actors.registry import JobRegistry
+from api.events import JobEvents
 from api.publisher import Publisher
 from api.writer import JobWriter
 from db.settings import Settings
@@ -23,6 +24,7 @@ class Services:
     engine: AsyncEngine
     writer: JobWriter
     publisher: Publisher
+    events: JobEvents
 
 
 def get_services(request: Request) -> Services:

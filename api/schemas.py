@@ -12,12 +12,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    HttpUrl,
     StringConstraints,
+    UrlConstraints,
     field_validator,
 )
 
 from db.models import JobState
-from db.queries import JobRecord
+from db.queries import DeliveryRecord, JobRecord, MessageRecord
 
 MAX_NAME_LENGTH = 200
 MAX_PARAMS_BYTES = 64 * 1024
@@ -56,6 +58,14 @@ class ScheduleRequest(BaseModel):
         ),
         examples=[{"step_seconds": 1}],
     )
+    callback_url: Annotated[HttpUrl, UrlConstraints(max_length=2000)] | None = Field(
+        None,
+        description=(
+            "When the job ends, its resource is POSTed here, signed as Standard Webhooks "
+            "(`webhook-id`, `webhook-timestamp`, `webhook-signature`), with retries."
+        ),
+        examples=["https://example.com/hooks/jobline"],
+    )
 
     @field_validator("params")
     @classmethod
@@ -76,6 +86,16 @@ class ScheduleResponse(BaseModel):
     offset: int = Field(description="The job's id; use it with `/jobs/{offset}`.", examples=[1])
 
 
+class WebhookDelivery(BaseModel):
+    """One attempt to POST the job to its callback_url."""
+
+    attempt: int
+    webhook_id: str = Field(description="The `webhook-id` header; the same on every retry.")
+    status_code: int | None = Field(description="The receiver's answer, if any.")
+    error: str | None = Field(description="Why the delivery failed, if it did.")
+    created_at: datetime
+
+
 class JobResource(BaseModel):
     """A job and where it stands."""
 
@@ -93,12 +113,55 @@ class JobResource(BaseModel):
     started_at: datetime | None = Field(description="When the first run began.")
     finished_at: datetime | None = Field(description="When the job reached a final state.")
     updated_at: datetime
+    cancel_requested: bool = Field(
+        description="A cancel was asked for; a running job stops at its next step boundary."
+    )
+    callback_url: str | None = Field(description="Where the job is POSTed when it ends.")
+    callback_state: str | None = Field(
+        description="pending, delivered or failed once the job ended with a callback_url."
+    )
+    callback_attempts: int = Field(description="Webhook deliveries tried so far.")
+    webhook_deliveries: list[WebhookDelivery] = Field(
+        default_factory=list,
+        description="Each delivery attempt (on `GET /jobs/{offset}`; empty in lists).",
+    )
 
     @classmethod
-    def from_record(cls, job: JobRecord) -> JobResource:
+    def from_record(
+        cls, job: JobRecord, deliveries: list[DeliveryRecord] | None = None
+    ) -> JobResource:
         """The resource for a stored job."""
         fields = dataclasses.asdict(job)
-        return cls(offset=fields.pop("id"), **fields)
+        return cls(
+            offset=fields.pop("id"),
+            webhook_deliveries=[
+                WebhookDelivery(**dataclasses.asdict(delivery)) for delivery in deliveries or []
+            ],
+            **fields,
+        )
+
+
+class JobPage(BaseModel):
+    """One page of jobs, newest first."""
+
+    items: list[JobResource]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+class MessageOut(BaseModel):
+    """One recorded message of a job."""
+
+    seq: int = Field(description="Position in the job's log, from 1; use it as `after`.")
+    body: str
+    created_at: datetime
+    attempt: int = Field(description="The attempt that recorded it.")
+
+    @classmethod
+    def from_record(cls, message: MessageRecord) -> MessageOut:
+        """The representation of a stored message."""
+        return cls(**dataclasses.asdict(message))
 
 
 class FunctionInfo(BaseModel):

@@ -31,6 +31,7 @@ class NewJob:
     framework: str
     params: dict[str, Any]
     max_attempts: int
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,31 @@ class JobRecord:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    cancel_requested: bool
+    callback_url: str | None
+    callback_state: str | None
+    callback_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One recorded message."""
+
+    seq: int
+    body: str
+    created_at: datetime
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One attempt to deliver a job's webhook."""
+
+    attempt: int
+    webhook_id: str
+    status_code: int | None
+    error: str | None
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +112,10 @@ class PendingPublish:
 
 _INSERT_JOBS = text(
     """
-    INSERT INTO jobs (fn, deployment, framework, params, max_attempts)
-    SELECT fn, deployment, framework, params::jsonb, max_attempts
-    FROM unnest(:fns, :deployments, :frameworks, :params, :max_attempts)
-         WITH ORDINALITY AS t(fn, deployment, framework, params, max_attempts, ord)
+    INSERT INTO jobs (fn, deployment, framework, params, max_attempts, callback_url)
+    SELECT fn, deployment, framework, params::jsonb, max_attempts, callback_url
+    FROM unnest(:fns, :deployments, :frameworks, :params, :max_attempts, :callback_urls)
+         WITH ORDINALITY AS t(fn, deployment, framework, params, max_attempts, callback_url, ord)
     ORDER BY ord
     RETURNING id
     """
@@ -99,6 +125,7 @@ _INSERT_JOBS = text(
     bindparam("frameworks", type_=ARRAY(TEXT)),
     bindparam("params", type_=ARRAY(TEXT)),
     bindparam("max_attempts", type_=ARRAY(BIGINT)),
+    bindparam("callback_urls", type_=ARRAY(TEXT)),
 )
 
 
@@ -112,6 +139,7 @@ async def insert_jobs(conn: AsyncConnection, *, jobs: Sequence[NewJob]) -> list[
             "frameworks": [job.framework for job in jobs],
             "params": [json.dumps(job.params) for job in jobs],
             "max_attempts": [job.max_attempts for job in jobs],
+            "callback_urls": [job.callback_url for job in jobs],
         },
     )
     # Rows take ids from the sequence in ORDER BY ord order, so ascending ids
@@ -134,6 +162,10 @@ _JOB_COLUMNS = [
     jobs_table.c.updated_at,
     jobs_table.c.started_at,
     jobs_table.c.finished_at,
+    jobs_table.c.cancel_requested,
+    jobs_table.c.callback_url,
+    jobs_table.c.callback_state,
+    jobs_table.c.callback_attempts,
 ]
 
 
@@ -142,6 +174,173 @@ async def get_job(conn: AsyncConnection, *, job_id: int) -> JobRecord | None:
     result = await conn.execute(select(*_JOB_COLUMNS).where(jobs_table.c.id == job_id))
     row = result.one_or_none()
     return JobRecord(**row._mapping) if row else None
+
+
+async def list_jobs(
+    conn: AsyncConnection,
+    *,
+    state: str | None,
+    fn: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    before_id: int | None,
+    limit: int,
+) -> list[JobRecord]:
+    """Jobs newest first, filtered; keyset pagination on id (``before_id`` from the cursor)."""
+    query = select(*_JOB_COLUMNS).order_by(jobs_table.c.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(jobs_table.c.state == state)
+    if fn is not None:
+        query = query.where(jobs_table.c.fn == fn)
+    if created_after is not None:
+        query = query.where(jobs_table.c.created_at > created_after)
+    if created_before is not None:
+        query = query.where(jobs_table.c.created_at < created_before)
+    if before_id is not None:
+        query = query.where(jobs_table.c.id < before_id)
+    result = await conn.execute(query)
+    return [JobRecord(**row._mapping) for row in result]
+
+
+_LIST_DELIVERIES = text(
+    """
+    SELECT attempt, webhook_id, status_code, error, created_at
+    FROM webhook_deliveries WHERE job_id = :job_id ORDER BY id
+    """
+)
+
+
+async def list_deliveries(conn: AsyncConnection, *, job_id: int) -> list[DeliveryRecord]:
+    """Webhook delivery attempts of a job, oldest first."""
+    result = await conn.execute(_LIST_DELIVERIES, {"job_id": job_id})
+    return [DeliveryRecord(**row._mapping) for row in result]
+
+
+_LIST_MESSAGES = text(
+    """
+    SELECT j.state, m.seq, m.body, m.created_at, m.attempt
+    FROM jobs j
+    LEFT JOIN LATERAL (
+        SELECT seq, body, created_at, attempt FROM messages
+        WHERE job_id = j.id AND seq > :after
+        ORDER BY seq
+        LIMIT :limit
+    ) m ON true
+    WHERE j.id = :job_id
+    """
+)
+
+
+async def list_messages(
+    conn: AsyncConnection, *, job_id: int, after: int, limit: int | None
+) -> tuple[JobState, list[MessageRecord]] | None:
+    """The job's state and its messages with seq > ``after`` (keyset); None if no such job."""
+    rows = (
+        await conn.execute(_LIST_MESSAGES, {"job_id": job_id, "after": after, "limit": limit})
+    ).all()
+    if not rows:
+        return None
+    found = [
+        MessageRecord(seq=row.seq, body=row.body, created_at=row.created_at, attempt=row.attempt)
+        for row in rows
+        if row.seq is not None
+    ]
+    return JobState(rows[0].state), found
+
+
+_LOCK_JOB_STATE = text("SELECT state FROM jobs WHERE id = :job_id FOR UPDATE")
+
+_CANCEL_QUEUED = text(
+    """
+    WITH job AS (
+        UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now(),
+            message_count = message_count + 1
+        WHERE id = :job_id AND state = 'queued'
+        RETURNING id, message_count, attempts
+    )
+    INSERT INTO messages (job_id, seq, step, body, attempt)
+    SELECT id, message_count, NULL, :body, attempts FROM job
+    """
+)
+
+_REQUEST_CANCEL = text(
+    "UPDATE jobs SET cancel_requested = true, updated_at = now() WHERE id = :job_id"
+)
+
+
+async def cancel_job(conn: AsyncConnection, *, job_id: int, message: str) -> JobState | None:
+    """Cancel a queued job at once, or ask a running one to stop at its next step boundary.
+
+    Returns the state the job was in (None if it does not exist); a job already in
+    a final state is left alone.
+    """
+    row = (await conn.execute(_LOCK_JOB_STATE, {"job_id": job_id})).one_or_none()
+    if row is None:
+        return None
+    state = JobState(row.state)
+    if state is JobState.QUEUED:
+        await conn.execute(_CANCEL_QUEUED, {"job_id": job_id, "body": message})
+    elif state is JobState.RUNNING:
+        await conn.execute(_REQUEST_CANCEL, {"job_id": job_id})
+    return state
+
+
+_RETRY = text(
+    """
+    UPDATE jobs SET state = 'queued', cancel_requested = false, handed_off = false,
+        max_attempts = attempts + :extra_attempts, finished_at = NULL, run_after = now(),
+        published_at = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE id = :job_id AND state IN ('failed', 'cancelled')
+    RETURNING id
+    """
+)
+
+
+async def retry_job(conn: AsyncConnection, *, job_id: int, extra_attempts: int) -> bool:
+    """Queue a failed or cancelled job again with ``extra_attempts`` more runs allowed."""
+    result = await conn.execute(_RETRY, {"job_id": job_id, "extra_attempts": extra_attempts})
+    return result.one_or_none() is not None
+
+
+_FIND_IDEMPOTENCY_KEY = text(
+    """
+    SELECT job_id, request_hash FROM idempotency_keys
+    WHERE key = :key AND expires_at > now()
+    """
+)
+
+_CLAIM_IDEMPOTENCY_KEY = text(
+    """
+    INSERT INTO idempotency_keys (key, request_hash, job_id, expires_at)
+    VALUES (:key, :request_hash, :job_id, now() + make_interval(secs => :ttl_seconds))
+    ON CONFLICT (key) DO UPDATE SET
+        request_hash = EXCLUDED.request_hash,
+        job_id = EXCLUDED.job_id,
+        expires_at = EXCLUDED.expires_at
+    WHERE idempotency_keys.expires_at <= now()
+    RETURNING job_id
+    """
+)
+
+
+async def find_idempotency_key(conn: AsyncConnection, *, key: str) -> tuple[int, str] | None:
+    """(job id, request hash) remembered for a live ``key``, or None."""
+    row = (await conn.execute(_FIND_IDEMPOTENCY_KEY, {"key": key})).one_or_none()
+    return (row.job_id, row.request_hash) if row else None
+
+
+async def claim_idempotency_key(
+    conn: AsyncConnection, *, key: str, request_hash: str, job_id: int, ttl_seconds: float
+) -> bool:
+    """Remember ``key`` for ``job_id``; False when a live key exists (it may have just won a race).
+
+    A concurrent insert of the same key makes this wait for that transaction to end.
+    """
+    result = await conn.execute(
+        _CLAIM_IDEMPOTENCY_KEY,
+        {"key": key, "request_hash": request_hash, "job_id": job_id, "ttl_seconds": ttl_seconds},
+    )
+    return result.one_or_none() is not None
 
 
 async def ping(conn: AsyncConnection) -> None:

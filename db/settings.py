@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # RabbitMQ closes a channel whose delivery stays unacknowledged for 30 minutes
@@ -71,6 +71,23 @@ class Settings(BaseSettings):
         gt=0,
         le=MAX_TIMER_SECONDS,
         description="One step running longer than this is interrupted and retried.",
+    )
+    idempotency_ttl_seconds: float = Field(
+        24 * 3600, gt=0, description="How long an Idempotency-Key is remembered."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Standard Webhooks signing secret (`whsec_` + base64). "
+        "Needed to accept a callback_url.",
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=100, description="Deliveries tried before a callback is given up."
+    )
+    webhook_backoff_seconds: float = Field(
+        1.0, gt=0, le=MAX_TIMER_SECONDS, description="First redelivery delay; doubles each time."
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="How long a receiver may take to answer."
     )
     database_pool_size: int = Field(10, ge=1, le=200, description="Connections per process.")
     connect_timeout_seconds: float = Field(

@@ -46,6 +46,24 @@ BEGIN
     )::text);
     RETURN NULL;
 END $$;
+
+-- A job with a callback_url that ends owes a webhook; one that runs again owes none yet.
+CREATE OR REPLACE FUNCTION jobline_callback_on_end() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.callback_url IS NOT NULL THEN
+        IF NEW.state IN ('succeeded', 'failed', 'cancelled')
+           AND OLD.state NOT IN ('succeeded', 'failed', 'cancelled') THEN
+            NEW.callback_state := 'pending';
+            NEW.callback_due_at := now();
+            NEW.callback_attempts := 0;
+        ELSIF NEW.state NOT IN ('succeeded', 'failed', 'cancelled') THEN
+            NEW.callback_state := NULL;
+            NEW.callback_due_at := NULL;
+        END IF;
+    END IF;
+    RETURN NEW;
+END $$;
 """
 
 
@@ -143,6 +161,11 @@ def upgrade() -> None:
         " FOR EACH ROW EXECUTE FUNCTION jobline_notify_message()"
     )
     op.execute(
+        "CREATE TRIGGER jobs_callback_on_end BEFORE UPDATE OF state ON jobs"
+        " FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)"
+        " EXECUTE FUNCTION jobline_callback_on_end()"
+    )
+    op.execute(
         "CREATE TRIGGER jobs_notify_state AFTER UPDATE OF state ON jobs"
         " FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)"
         " EXECUTE FUNCTION jobline_notify_state()"
@@ -151,6 +174,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS jobs_notify_state ON jobs")
+    op.execute("DROP TRIGGER IF EXISTS jobs_callback_on_end ON jobs")
+    op.execute("DROP FUNCTION IF EXISTS jobline_callback_on_end()")
     op.execute("DROP TRIGGER IF EXISTS messages_notify ON messages")
     op.execute("DROP FUNCTION IF EXISTS jobline_notify_state(), jobline_notify_message()")
     op.drop_constraint(op.f("ck_jobs_callback_state"), "jobs", type_="check")
