@@ -10,12 +10,13 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import default_middleware
 
-from actors.messages import RUN_JOB_ACTOR
+from actors.messages import DELIVER_WEBHOOK_ACTOR, RUN_JOB_ACTOR
 from actors.middleware import LeaseHeartbeat, Sweeper, WorkerLifecycle
-from actors.publish import publish_job
+from actors.publish import publish_job, publish_webhook
 from actors.registry import JobRegistry, load_registry
 from actors.runner import JobRunner, Publish
 from actors.runtime import WorkerRuntime
+from actors.webhooks import WebhookSender
 from db.settings import Settings
 
 # Errors escaping the actor are infrastructure (Postgres away): Dramatiq retries
@@ -53,13 +54,31 @@ def build_worker_app(
     broker = broker or make_broker(settings)
     runtime = WorkerRuntime(settings, registry or load_registry(settings.job_modules))
     publish = partial(_publish, broker, settings.queue_name)
+    send_webhook = partial(_publish_webhook, broker, settings.queue_name)
     runner = JobRunner(runtime, publish)
+    webhooks = WebhookSender(runtime)
     for middleware in (
         WorkerLifecycle(runtime),
         LeaseHeartbeat(runtime),
-        Sweeper(runtime, publish),
+        Sweeper(runtime, publish, send_webhook),
     ):
         broker.add_middleware(middleware)
+
+    def deliver_webhook(job_id: int, attempt: int) -> None:
+        webhooks.deliver(job_id, attempt)
+
+    dramatiq.Actor(
+        deliver_webhook,
+        broker=broker,
+        actor_name=DELIVER_WEBHOOK_ACTOR,
+        queue_name=settings.queue_name,
+        priority=0,
+        options={
+            "max_retries": INFRA_MAX_RETRIES,
+            "max_backoff": INFRA_MAX_BACKOFF_MS,
+            "time_limit": round((settings.webhook_timeout_seconds + 30) * 1000),
+        },
+    )
 
     def run_job(job_id: int) -> None:
         runner.run(job_id)
@@ -84,3 +103,7 @@ def build_worker_app(
 
 def _publish(broker: dramatiq.Broker, queue_name: str, job_id: int, delay_seconds: float) -> bool:
     return publish_job(broker, queue_name=queue_name, job_id=job_id, delay_seconds=delay_seconds)
+
+
+def _publish_webhook(broker: dramatiq.Broker, queue_name: str, job_id: int, attempt: int) -> bool:
+    return publish_webhook(broker, queue_name=queue_name, job_id=job_id, attempt=attempt)

@@ -7,12 +7,24 @@ from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 from dramatiq.common import dq_name, xq_name
 
 RUN_JOB_ACTOR = "run_job"
+DELIVER_WEBHOOK_ACTOR = "deliver_webhook"
 
 
 def job_message(*, queue_name: str, job_id: int) -> dramatiq.Message[None]:
     """Build the Dramatiq message for ``run_job(job_id)`` on ``queue_name``."""
     return dramatiq.Message(
         queue_name=queue_name, actor_name=RUN_JOB_ACTOR, args=(job_id,), kwargs={}, options={}
+    )
+
+
+def webhook_message(*, queue_name: str, job_id: int, attempt: int) -> dramatiq.Message[None]:
+    """Build the Dramatiq message for ``deliver_webhook(job_id, attempt)``."""
+    return dramatiq.Message(
+        queue_name=queue_name,
+        actor_name=DELIVER_WEBHOOK_ACTOR,
+        args=(job_id, attempt),
+        kwargs={},
+        options={},
     )
 
 

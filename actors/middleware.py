@@ -9,7 +9,7 @@ from collections.abc import Callable
 import dramatiq
 
 from actors.runtime import WorkerRuntime
-from actors.sweeper import Publish, sweep_once
+from actors.sweeper import Publish, dispatch_webhooks, forget_expired_keys, sweep_once
 from db import queries
 from db.errors import JoblineDbError, translate_errors
 
@@ -87,14 +87,20 @@ class LeaseHeartbeat(_PeriodicTask):
 
 
 class Sweeper(_PeriodicTask):
-    """Publishes jobs nobody published and requeues jobs whose worker died."""
+    """Publishes jobs nobody published, requeues jobs whose worker died, sends due webhooks."""
 
     name = "sweeper"
 
-    def __init__(self, runtime: WorkerRuntime, publish: Publish) -> None:
+    def __init__(
+        self,
+        runtime: WorkerRuntime,
+        publish: Publish,
+        publish_webhook: Callable[[int, int], bool],
+    ) -> None:
         super().__init__(runtime.settings.sweep_interval_seconds)
         self.runtime = runtime
-        self.publish: Callable[[int, float], bool] = publish
+        self.publish = publish
+        self.publish_webhook = publish_webhook
 
     def tick(self) -> None:
         settings = self.runtime.settings
@@ -104,3 +110,10 @@ class Sweeper(_PeriodicTask):
             grace_seconds=settings.publish_grace_seconds,
             horizon_seconds=settings.sweep_interval_seconds,
         )
+        dispatch_webhooks(
+            self.runtime.engine,
+            publish=self.publish_webhook,
+            # Long enough for one delivery to finish before it may be sent again.
+            dispatch_seconds=settings.webhook_timeout_seconds + 30,
+        )
+        forget_expired_keys(self.runtime.engine)

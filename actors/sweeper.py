@@ -70,3 +70,21 @@ def sweep_once(
         published=len(confirmed),
         unpublished=len(pending) - len(confirmed),
     )
+
+
+def dispatch_webhooks(
+    engine: Engine, *, publish: Callable[[int, int], bool], dispatch_seconds: float
+) -> int:
+    """Send a delivery for every webhook that is due; return how many were sent."""
+    with translate_errors(), engine.begin() as conn:
+        due = queries.dispatch_due_callbacks(
+            conn, dispatch_seconds=dispatch_seconds, limit=BATCH_LIMIT
+        )
+    # A send that fails is retried when the dispatch hold runs out.
+    return sum(publish(callback.job_id, callback.attempt) for callback in due)
+
+
+def forget_expired_keys(engine: Engine) -> int:
+    """Delete a batch of Idempotency-Keys past their time."""
+    with translate_errors(), engine.begin() as conn:
+        return queries.delete_expired_idempotency_keys(conn, limit=BATCH_LIMIT)

@@ -176,6 +176,12 @@ async def get_job(conn: AsyncConnection, *, job_id: int) -> JobRecord | None:
     return JobRecord(**row._mapping) if row else None
 
 
+def load_job(conn: Connection, *, job_id: int) -> JobRecord | None:
+    """Return the job with ``job_id``, or None (worker side)."""
+    row = conn.execute(select(*_JOB_COLUMNS).where(jobs_table.c.id == job_id)).one_or_none()
+    return JobRecord(**row._mapping) if row else None
+
+
 async def list_jobs(
     conn: AsyncConnection,
     *,
@@ -608,3 +614,109 @@ def list_unpublished(
 def mark_published(conn: Connection, *, job_ids: Sequence[int]) -> None:
     """Record that the broker confirmed a message for each of ``job_ids``."""
     conn.execute(_MARK_PUBLISHED, {"ids": list(job_ids)})
+
+
+@dataclass(frozen=True, slots=True)
+class DueCallback:
+    """A webhook to deliver now, as delivery number ``attempt``."""
+
+    job_id: int
+    attempt: int
+
+
+_DISPATCH_DUE_CALLBACKS = text(
+    """
+    UPDATE jobs SET callback_due_at = now() + make_interval(secs => :dispatch_seconds)
+    WHERE id IN (
+        SELECT id FROM jobs
+        WHERE callback_state = 'pending' AND callback_due_at <= now()
+        ORDER BY callback_due_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id, callback_attempts
+    """
+)
+
+
+def dispatch_due_callbacks(
+    conn: Connection, *, dispatch_seconds: float, limit: int
+) -> list[DueCallback]:
+    """Webhooks due now; each is held back ``dispatch_seconds`` while its delivery runs."""
+    rows = conn.execute(
+        _DISPATCH_DUE_CALLBACKS, {"dispatch_seconds": dispatch_seconds, "limit": limit}
+    ).all()
+    return [DueCallback(job_id=row.id, attempt=row.callback_attempts + 1) for row in rows]
+
+
+_CLAIM_CALLBACK = text(
+    """
+    UPDATE jobs SET callback_attempts = :attempt
+    WHERE id = :job_id AND callback_state = 'pending' AND callback_attempts = :attempt - 1
+    RETURNING id
+    """
+)
+
+
+def claim_callback(conn: Connection, *, job_id: int, attempt: int) -> bool:
+    """Take delivery number ``attempt``; False if it was taken or the webhook is settled."""
+    params = {"job_id": job_id, "attempt": attempt}
+    return conn.execute(_CLAIM_CALLBACK, params).one_or_none() is not None
+
+
+_RECORD_DELIVERY = text(
+    """
+    WITH delivery AS (
+        INSERT INTO webhook_deliveries (job_id, attempt, webhook_id, status_code, error)
+        VALUES (:job_id, :attempt, :webhook_id, :status_code, :error)
+    )
+    UPDATE jobs SET
+        callback_state = CASE WHEN :delivered THEN 'delivered'
+                              WHEN :attempt >= :max_attempts THEN 'failed'
+                              ELSE 'pending' END,
+        callback_due_at = CASE WHEN :delivered OR :attempt >= :max_attempts THEN NULL
+                               ELSE now() + make_interval(secs => :retry_seconds) END
+    WHERE id = :job_id AND callback_attempts = :attempt
+    """
+)
+
+
+def record_delivery(
+    conn: Connection,
+    *,
+    job_id: int,
+    attempt: int,
+    webhook_id: str,
+    status_code: int | None,
+    error: str | None,
+    max_attempts: int,
+    retry_seconds: float,
+) -> None:
+    """Store one delivery attempt; settle the webhook or schedule the next try."""
+    conn.execute(
+        _RECORD_DELIVERY,
+        {
+            "job_id": job_id,
+            "attempt": attempt,
+            "webhook_id": webhook_id,
+            "status_code": status_code,
+            "error": error,
+            "delivered": status_code is not None and 200 <= status_code < 300,
+            "max_attempts": max_attempts,
+            "retry_seconds": retry_seconds,
+        },
+    )
+
+
+_DELETE_EXPIRED_KEYS = text(
+    """
+    DELETE FROM idempotency_keys WHERE key IN (
+        SELECT key FROM idempotency_keys WHERE expires_at < now() LIMIT :limit
+    )
+    """
+)
+
+
+def delete_expired_idempotency_keys(conn: Connection, *, limit: int) -> int:
+    """Forget up to ``limit`` Idempotency-Keys past their time."""
+    return conn.execute(_DELETE_EXPIRED_KEYS, {"limit": limit}).rowcount
