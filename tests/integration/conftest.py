@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import dramatiq
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from actors.broker import WorkerApp, build_worker_app
 from api.app import create_app
 from db.settings import Settings
+from tests.support.proxy import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +76,49 @@ def make_client(settings: Settings) -> Iterator[MakeClient]:
 def client(make_client: MakeClient) -> TestClient:
     """An API client on this test's settings."""
     return make_client()
+
+
+class LiveServer:
+    """The API served by uvicorn on a real loopback port, in a thread of this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout=20, what="uvicorn to start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+StartServer = Callable[..., LiveServer]
+
+
+@pytest.fixture
+def start_server(settings: Settings) -> Iterator[StartServer]:
+    """Serve the API on a real port (``start_server(**setting_overrides)``); stopped after."""
+    servers: list[LiveServer] = []
+
+    def start(**overrides: Any) -> LiveServer:
+        server = LiveServer(settings.model_copy(update=overrides))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def live_api(start_server: StartServer) -> LiveServer:
+    """The API on a real port, on this test's settings."""
+    return start_server()
