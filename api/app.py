@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +18,8 @@ from api.routes import router
 from api.writer import JobWriter
 from db.engine import make_async_engine
 from db.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 DESCRIPTION = """
 Schedule a job with `POST /schedule` and get its **offset** at once. Workers run it
@@ -35,6 +39,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        raise_open_file_limit()
         engine = make_async_engine(settings)
         writer = JobWriter(engine)
         chosen = publisher or _amqp_publisher(settings)
@@ -63,6 +68,17 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     return app
+
+
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one: each event stream holds a socket,
+    and the common default of 1024 would cap a process well below a few thousand."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:
+            logger.warning("could not raise the open-file limit from %s: %s", soft, error)
 
 
 def _amqp_publisher(settings: Settings) -> Publisher:
