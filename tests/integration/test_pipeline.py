@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from actors.messages import job_message
 from db.settings import Settings
 from tests.integration.conftest import MakeClient, StartWorker
-from tests.support.jobs import is_final, job_row, messages
+from tests.support.jobs import is_final, job_row, messages, traces
 from tests.support.proxy import TcpProxy, via_proxy
 from tests.support.waiting import wait_for
 
@@ -26,13 +26,6 @@ def schedule(client: TestClient, fn: str = "default_fn", **params: Any) -> int:
     response = client.post("/schedule", json={**DEFAULT, "fn": fn, "params": params})
     assert response.status_code == 202, response.text
     return int(response.json()["offset"])
-
-
-def traces(trace_dir: Path, job_id: int) -> list[str]:
-    """The step executions of a traced job, as 'name attempt=N' lines."""
-    path = trace_dir / f"job-{job_id}.log"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [line.rsplit(" pid=", 1)[0] for line in lines]
 
 
 def test_default_fn_runs_to_done_with_exactly_four_messages(

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +15,19 @@ import pytest
 from pydantic import SecretStr
 
 from tests.integration.conftest import LiveServer, StartServer, StartWorker
-from tests.support.jobs import count_jobs, is_final, job_row, messages
+from tests.support.jobs import count_jobs, is_final, job_row, messages, traces
 from tests.support.waiting import wait_for
+from tests.support.webhooks import SECRET, Receiver, expected_signature
 
 pytestmark = pytest.mark.integration
 
 DEFAULT = {"deployment": "Docker", "framework": "FastAPI", "fn": "default_fn"}
-SECRET_KEY = b"jobline-test-signing-key"
-SECRET = "whsec_" + base64.b64encode(SECRET_KEY).decode()
 
 
 def schedule(api: LiveServer, fn: str = "default_fn", **params: Any) -> int:
     response = httpx.post(f"{api.url}/schedule", json={**DEFAULT, "fn": fn, "params": params})
     assert response.status_code == 202, response.text
     return int(response.json()["offset"])
-
-
-def traces(trace_dir: Path, job_id: int) -> list[str]:
-    path = trace_dir / f"job-{job_id}.log"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [line.rsplit(" pid=", 1)[0] for line in lines]
 
 
 # --- cancel ---------------------------------------------------------------------------
@@ -230,33 +219,6 @@ def test_malformed_idempotency_key_is_422(
 # --- callbacks ------------------------------------------------------------------------
 
 
-class Receiver:
-    """A webhook receiver on loopback that fails the first ``failures`` deliveries."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.requests.append((dict(self.headers.items()), body))
-                failing = len(receiver.requests) <= receiver.failures
-                self.send_response(500 if failing else 204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     server = Receiver(failures=2)
@@ -295,9 +257,7 @@ def test_callback_is_signed_retried_and_recorded(
     ids = {headers["webhook-id"] for headers, _ in receiver.requests}
     assert len(ids) == 1
     for headers, body in receiver.requests:
-        signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-        expected = base64.b64encode(hmac.new(SECRET_KEY, signed, hashlib.sha256).digest())
-        assert headers["webhook-signature"] == "v1," + expected.decode()
+        assert headers["webhook-signature"] == expected_signature(headers, body)
         payload = json.loads(body)
         assert payload["offset"] == offset
         assert payload["state"] == "succeeded"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -36,3 +37,10 @@ def count_jobs(db: psycopg.Connection[Any]) -> int:
     row = db.execute("SELECT count(*) FROM jobs").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def traces(trace_dir: Path, job_id: int) -> list[str]:
+    """Executions of a traced job's steps, as 'name attempt=N' lines (see tests/jobfns.py)."""
+    path = trace_dir / f"job-{job_id}.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line.rsplit(" pid=", 1)[0] for line in lines]
