@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -32,7 +33,7 @@ class WorkerApp:
     broker: dramatiq.Broker
     runtime: WorkerRuntime
     runner: JobRunner
-    actor: dramatiq.Actor[[int], None]
+    actor: dramatiq.Actor[..., None]
     publish: Publish
 
 
@@ -64,41 +65,53 @@ def build_worker_app(
     ):
         broker.add_middleware(middleware)
 
-    def deliver_webhook(job_id: int, attempt: int) -> None:
-        webhooks.deliver(job_id, attempt)
-
-    dramatiq.Actor(
-        deliver_webhook,
-        broker=broker,
-        actor_name=DELIVER_WEBHOOK_ACTOR,
-        queue_name=settings.queue_name,
-        priority=0,
-        options={
-            "max_retries": INFRA_MAX_RETRIES,
-            "max_backoff": INFRA_MAX_BACKOFF_MS,
-            "time_limit": round((settings.webhook_timeout_seconds + 30) * 1000),
-        },
-    )
-
     def run_job(job_id: int) -> None:
         runner.run(job_id)
 
-    actor: dramatiq.Actor[[int], None] = dramatiq.Actor(
+    def deliver_webhook(job_id: int, attempt: int) -> None:
+        webhooks.deliver(job_id, attempt)
+
+    # The runner hands a job on after slice_seconds; one step may then run up to
+    # step_time_limit_seconds. Both together stay under the RabbitMQ consumer
+    # timeout (checked in Settings).
+    actor = _declare(
+        broker,
         run_job,
-        broker=broker,
-        actor_name=RUN_JOB_ACTOR,
+        name=RUN_JOB_ACTOR,
         queue_name=settings.queue_name,
+        time_limit_seconds=settings.slice_seconds + settings.step_time_limit_seconds,
+    )
+    _declare(
+        broker,
+        deliver_webhook,
+        name=DELIVER_WEBHOOK_ACTOR,
+        queue_name=settings.queue_name,
+        time_limit_seconds=settings.webhook_timeout_seconds + 30,
+    )
+    return WorkerApp(broker=broker, runtime=runtime, runner=runner, actor=actor, publish=publish)
+
+
+def _declare(
+    broker: dramatiq.Broker,
+    fn: Callable[..., None],
+    *,
+    name: str,
+    queue_name: str,
+    time_limit_seconds: float,
+) -> dramatiq.Actor[..., None]:
+    """Declare ``fn`` as an actor whose escaping errors (infrastructure) Dramatiq retries."""
+    return dramatiq.Actor(
+        fn,
+        broker=broker,
+        actor_name=name,
+        queue_name=queue_name,
         priority=0,
         options={
             "max_retries": INFRA_MAX_RETRIES,
             "max_backoff": INFRA_MAX_BACKOFF_MS,
-            # The runner hands a job on after slice_seconds; one step may then run
-            # up to step_time_limit_seconds. Both together stay under the
-            # RabbitMQ consumer timeout (checked in Settings).
-            "time_limit": round((settings.slice_seconds + settings.step_time_limit_seconds) * 1000),
+            "time_limit": round(time_limit_seconds * 1000),
         },
     )
-    return WorkerApp(broker=broker, runtime=runtime, runner=runner, actor=actor, publish=publish)
 
 
 def _publish(broker: dramatiq.Broker, queue_name: str, job_id: int, delay_seconds: float) -> bool:

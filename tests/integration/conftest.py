@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import dramatiq
+import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
@@ -84,6 +85,7 @@ class LiveServer:
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=self.url, timeout=30)
         config = uvicorn.Config(
             create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
         )
@@ -95,6 +97,7 @@ class LiveServer:
         wait_for(lambda: self.server.started, timeout=20, what="uvicorn to start")
 
     def stop(self) -> None:
+        self.client.close()
         self.server.should_exit = True
         self.thread.join(15)
 

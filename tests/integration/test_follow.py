@@ -13,19 +13,11 @@ import pytest
 from sqlalchemy import event
 
 from tests.integration.conftest import LiveServer, StartWorker
-from tests.support.jobs import is_final
+from tests.support.jobs import is_final, schedule
 from tests.support.sse import Event, read_events
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-DEFAULT = {"deployment": "Docker", "framework": "FastAPI", "fn": "default_fn"}
-
-
-def schedule(api: LiveServer, fn: str = "default_fn", **params: Any) -> int:
-    response = httpx.post(f"{api.url}/schedule", json={**DEFAULT, "fn": fn, "params": params})
-    assert response.status_code == 202, response.text
-    return int(response.json()["offset"])
 
 
 def count_queries(api: LiveServer) -> list[str]:
@@ -44,7 +36,7 @@ def test_messages_are_read_by_keyset_with_limit(
     live_api: LiveServer, start_worker: StartWorker, db: psycopg.Connection[Any]
 ) -> None:
     start_worker()
-    offset = schedule(live_api, step_seconds=0)
+    offset = schedule(live_api.client, step_seconds=0)
     wait_for(lambda: is_final(db, offset), what="job to finish")
 
     page = httpx.get(f"{live_api.url}/jobs/{offset}/messages", params={"after": 1, "limit": 2})
@@ -67,7 +59,7 @@ def test_long_poll_answers_within_a_few_hundred_ms_of_the_commit(
     live_api: LiveServer, start_worker: StartWorker, db: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     start_worker()
-    offset = schedule(live_api, "traced_fn", trace_dir=str(tmp_path), sleep_seconds=1.0)
+    offset = schedule(live_api.client, "traced_fn", trace_dir=str(tmp_path), sleep_seconds=1.0)
 
     # When a client long-polls for the first message while the step still runs
     response = httpx.get(
@@ -88,7 +80,7 @@ def test_long_poll_answers_within_a_few_hundred_ms_of_the_commit(
 
 
 def test_long_poll_times_out_with_an_empty_list(live_api: LiveServer) -> None:
-    offset = schedule(live_api)  # no worker: nothing will happen
+    offset = schedule(live_api.client)  # no worker: nothing will happen
     started = time.monotonic()
     response = httpx.get(f"{live_api.url}/jobs/{offset}/messages", params={"wait": 0.5})
     assert response.json() == []
@@ -100,7 +92,7 @@ def test_long_poll_times_out_with_an_empty_list(live_api: LiveServer) -> None:
 def test_long_poll_returns_when_the_job_ends(start_server: Any, start_worker: StartWorker) -> None:
     api = start_server(max_attempts=1)
     start_worker(max_attempts=1)
-    offset = schedule(api, "always_fails")
+    offset = schedule(api.client, "always_fails")
     started = time.monotonic()
     response = httpx.get(f"{api.url}/jobs/{offset}/messages", params={"wait": 20}, timeout=30)
     assert response.json() == []
@@ -110,7 +102,7 @@ def test_long_poll_returns_when_the_job_ends(start_server: Any, start_worker: St
 
 @pytest.mark.parametrize("query", [{"wait": 61}, {"wait": -1}, {"after": -1}, {"limit": 0}])
 def test_bad_read_parameters_are_422(live_api: LiveServer, query: dict[str, int]) -> None:
-    offset = schedule(live_api)
+    offset = schedule(live_api.client)
     response = httpx.get(f"{live_api.url}/jobs/{offset}/messages", params=query)
     assert response.status_code == 422
     assert response.json()["detail"]
@@ -140,7 +132,7 @@ def test_event_stream_sends_messages_and_states_then_closes(
     live_api: LiveServer, start_worker: StartWorker
 ) -> None:
     start_worker()
-    offset = schedule(live_api, step_seconds=0.1)
+    offset = schedule(live_api.client, step_seconds=0.1)
 
     events = collect(f"{live_api.url}/jobs/{offset}/events")
 
@@ -157,7 +149,7 @@ def test_stream_reconnecting_with_last_event_id_gets_exactly_what_it_missed(
     live_api: LiveServer, start_worker: StartWorker, tmp_path: Path
 ) -> None:
     start_worker()
-    offset = schedule(live_api, "traced_fn", trace_dir=str(tmp_path), sleep_seconds=0.4)
+    offset = schedule(live_api.client, "traced_fn", trace_dir=str(tmp_path), sleep_seconds=0.4)
     url = f"{live_api.url}/jobs/{offset}/events"
 
     first = collect(url, stop_after=1)
@@ -171,7 +163,7 @@ def test_stream_reconnecting_with_last_event_id_gets_exactly_what_it_missed(
 
 
 def test_idle_streams_cost_no_queries(live_api: LiveServer) -> None:
-    offsets = [schedule(live_api) for _ in range(20)]  # no worker: they stay queued
+    offsets = [schedule(live_api.client) for _ in range(20)]  # no worker: they stay queued
     opened = threading.Barrier(len(offsets) + 1)
     stop = threading.Event()
 
@@ -195,4 +187,5 @@ def test_idle_streams_cost_no_queries(live_api: LiveServer) -> None:
         thread.join(15)
 
     assert statements == []
-    assert live_api.server.config.app.state.services.events.follower_count == 0
+    events = live_api.server.config.app.state.services.events
+    wait_for(lambda: events.follower_count == 0, timeout=5, what="followers to unsubscribe")

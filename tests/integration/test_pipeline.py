@@ -13,19 +13,11 @@ from fastapi.testclient import TestClient
 from actors.messages import job_message
 from db.settings import Settings
 from tests.integration.conftest import MakeClient, StartWorker
-from tests.support.jobs import is_final, job_row, messages, traces
+from tests.support.jobs import is_final, job_row, messages, schedule, traces
 from tests.support.proxy import TcpProxy, via_proxy
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-DEFAULT = {"deployment": "Docker", "framework": "FastAPI", "fn": "default_fn"}
-
-
-def schedule(client: TestClient, fn: str = "default_fn", **params: Any) -> int:
-    response = client.post("/schedule", json={**DEFAULT, "fn": fn, "params": params})
-    assert response.status_code == 202, response.text
-    return int(response.json()["offset"])
 
 
 def test_default_fn_runs_to_done_with_exactly_four_messages(

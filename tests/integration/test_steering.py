@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.integration.conftest import LiveServer, StartServer, StartWorker
-from tests.support.jobs import count_jobs, is_final, job_row, messages, traces
+from tests.support.jobs import count_jobs, is_final, job_row, messages, schedule, traces
 from tests.support.waiting import wait_for
 from tests.support.webhooks import SECRET, Receiver, expected_signature
 
@@ -24,19 +24,13 @@ pytestmark = pytest.mark.integration
 DEFAULT = {"deployment": "Docker", "framework": "FastAPI", "fn": "default_fn"}
 
 
-def schedule(api: LiveServer, fn: str = "default_fn", **params: Any) -> int:
-    response = httpx.post(f"{api.url}/schedule", json={**DEFAULT, "fn": fn, "params": params})
-    assert response.status_code == 202, response.text
-    return int(response.json()["offset"])
-
-
 # --- cancel ---------------------------------------------------------------------------
 
 
 def test_cancelling_a_queued_job_ends_it_at_once_and_it_never_runs(
     live_api: LiveServer, start_worker: StartWorker, db: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    offset = schedule(live_api, "traced_fn", trace_dir=str(tmp_path))
+    offset = schedule(live_api.client, "traced_fn", trace_dir=str(tmp_path))
 
     response = httpx.post(f"{live_api.url}/jobs/{offset}/cancel")
 
@@ -54,7 +48,7 @@ def test_cancelling_a_running_job_stops_it_at_the_next_step_boundary(
     live_api: LiveServer, start_worker: StartWorker, db: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     start_worker()
-    offset = schedule(live_api, "traced_fn", trace_dir=str(tmp_path), sleep_seconds=1.5)
+    offset = schedule(live_api.client, "traced_fn", trace_dir=str(tmp_path), sleep_seconds=1.5)
     wait_for(lambda: job_row(db, offset)["steps_done"] >= 1, what="first step")
 
     response = httpx.post(f"{live_api.url}/jobs/{offset}/cancel")
@@ -75,7 +69,7 @@ def test_cancelling_a_finished_job_is_409(
     live_api: LiveServer, start_worker: StartWorker, db: psycopg.Connection[Any]
 ) -> None:
     start_worker()
-    offset = schedule(live_api, step_seconds=0)
+    offset = schedule(live_api.client, step_seconds=0)
     wait_for(lambda: is_final(db, offset), what="job to finish")
 
     response = httpx.post(f"{live_api.url}/jobs/{offset}/cancel")
@@ -118,7 +112,7 @@ def test_retrying_a_failed_job_resumes_after_its_last_recorded_step(
 def test_retrying_a_cancelled_job_runs_it(
     live_api: LiveServer, start_worker: StartWorker, db: psycopg.Connection[Any]
 ) -> None:
-    offset = schedule(live_api, step_seconds=0)
+    offset = schedule(live_api.client, step_seconds=0)
     httpx.post(f"{live_api.url}/jobs/{offset}/cancel")
     start_worker()
 
@@ -135,7 +129,7 @@ def test_retrying_a_cancelled_job_runs_it(
 
 
 def test_retrying_a_queued_or_succeeded_job_is_409(live_api: LiveServer) -> None:
-    offset = schedule(live_api)
+    offset = schedule(live_api.client)
     response = httpx.post(f"{live_api.url}/jobs/{offset}/retry")
     assert response.status_code == 409
     assert "queued" in response.json()["detail"]
@@ -289,8 +283,8 @@ def test_bad_callback_url_is_422(start_server: StartServer, url: str) -> None:
 def test_jobs_are_listed_newest_first_with_filters_and_cursor(
     live_api: LiveServer, db: psycopg.Connection[Any]
 ) -> None:
-    offsets = [schedule(live_api) for _ in range(5)]
-    traced = schedule(live_api, "traced_fn", trace_dir="/tmp")
+    offsets = [schedule(live_api.client) for _ in range(5)]
+    traced = schedule(live_api.client, "traced_fn", trace_dir="/tmp")
     httpx.post(f"{live_api.url}/jobs/{offsets[0]}/cancel")
 
     first = httpx.get(f"{live_api.url}/jobs", params={"limit": 4}).json()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
@@ -44,3 +44,17 @@ def traces(trace_dir: Path, job_id: int) -> list[str]:
     path = trace_dir / f"job-{job_id}.log"
     lines = path.read_text().splitlines() if path.exists() else []
     return [line.rsplit(" pid=", 1)[0] for line in lines]
+
+
+class Poster(Protocol):
+    """Anything that POSTs JSON to a path: httpx.Client with a base_url, or TestClient."""
+
+    def post(self, url: str, *, json: Any = ...) -> Any: ...
+
+
+def schedule(client: Poster, fn: str = "default_fn", **params: Any) -> int:
+    """POST /schedule for ``fn`` with ``params``; the offset of the accepted job."""
+    body = {"deployment": "Docker", "framework": "FastAPI", "fn": fn, "params": params}
+    response = client.post("/schedule", json=body)
+    assert response.status_code == 202, response.text
+    return int(response.json()["offset"])
