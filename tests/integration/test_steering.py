@@ -87,7 +87,7 @@ def test_retrying_a_failed_job_resumes_after_its_last_recorded_step(
 ) -> None:
     start_worker()
     offset = schedule(
-        live_api, "traced_fn", trace_dir=str(tmp_path), fail_step=2, fail_until_attempt=4
+        live_api.client, "traced_fn", trace_dir=str(tmp_path), fail_step=2, fail_until_attempt=4
     )
     wait_for(lambda: is_final(db, offset), what="job to fail")
     assert job_row(db, offset)["state"] == "failed"  # 3 attempts allowed in the test settings
