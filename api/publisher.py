@@ -48,6 +48,8 @@ class _BatchingPublisher:
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._engine: AsyncEngine | None = None
+        # Bookkeeping must not take the connections the request path needs.
+        self._marking = asyncio.Semaphore(2)
 
     def start(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -86,7 +88,7 @@ class _BatchingPublisher:
         assert self._engine is not None
         try:
             with translate_errors():
-                async with self._engine.begin() as conn:
+                async with self._marking, self._engine.begin() as conn:
                     await queries.mark_published_async(conn, job_ids=job_ids)
         except Exception as error:
             # Harmless: the sweeper publishes them again and the claim drops the duplicate.
@@ -146,7 +148,10 @@ class AmqpPublisher(_BatchingPublisher):
                 await asyncio.wait_for(self.connected.wait(), self._timeout)
         channel = self._channel
         if channel is None or channel.is_closed:
-            return []  # left unpublished in Postgres; the sweeper sends them later
+            # Left unpublished in Postgres; the sweeper sends them once the broker is
+            # back. Dropping the backlog too keeps an outage from growing memory.
+            self._pending.clear()
+            return []
         exchange = channel.default_exchange
 
         async def send(job_id: int) -> None:
