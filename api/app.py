@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import resource
 from collections.abc import AsyncIterator
@@ -56,6 +57,8 @@ def create_app(
             publisher=chosen,
             events=events,
         )
+        # Start-up objects live as long as the process: keep the collector off them.
+        gc.freeze()
         try:
             yield
         finally:

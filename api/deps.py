@@ -27,8 +27,8 @@ class Services:
     events: JobEvents
 
 
-def get_services(request: Request) -> Services:
-    """The services of the running app."""
+async def get_services(request: Request) -> Services:
+    """The services of the running app (async: a sync dependency would cost a thread hop)."""
     services: Services = request.app.state.services
     return services
 

@@ -18,6 +18,7 @@ from api.deps import Services, ServicesDep
 from api.errors import Conflict, NotFound
 from api.events import job_updates
 from api.schemas import (
+    MAX_PARAMS_BYTES,
     ErrorBody,
     FunctionInfo,
     Health,
@@ -94,7 +95,6 @@ def _validation_error(loc: tuple[str | int, ...], message: str, value: object) -
 )
 async def schedule(
     body: ScheduleRequest,
-    response: Response,
     services: ServicesDep,
     idempotency_key: Annotated[
         str | None,
@@ -116,6 +116,13 @@ async def schedule(
         raise RequestValidationError(
             [{**e, "loc": ("body", "params", *e["loc"])} for e in error.errors(include_url=False)]
         ) from None
+    params_json = json.dumps(params.model_dump(mode="json"), separators=(",", ":"))
+    if len(params_json) > MAX_PARAMS_BYTES:  # ensure_ascii: characters are bytes
+        raise _validation_error(
+            ("body", "params"), f"params must be at most {MAX_PARAMS_BYTES} bytes as JSON", None
+        )
+    if "\\u0000" in params_json:  # Postgres jsonb cannot hold NUL
+        raise _validation_error(("body", "params"), "params must not contain NUL characters", None)
     callback_url = str(body.callback_url) if body.callback_url else None
     if callback_url and services.settings.webhook_secret is None:
         raise _validation_error(
@@ -127,28 +134,31 @@ async def schedule(
         fn=body.fn,
         deployment=body.deployment,
         framework=body.framework,
-        params=params.model_dump(mode="json"),
+        params_json=params_json,
         max_attempts=services.settings.max_attempts,
         callback_url=callback_url,
     )
+    headers = {}
     if idempotency_key is None:
         offset = await services.writer.insert(job)
     else:
         offset, replayed = await _schedule_once(services, job, idempotency_key)
         if replayed:
-            response.headers["Idempotent-Replayed"] = "true"
-            response.headers["Location"] = f"/jobs/{offset}"
-            return {"offset": offset}
-    services.publisher.publish_soon(offset)
-    response.headers["Location"] = f"/jobs/{offset}"
-    return {"offset": offset}
+            headers["Idempotent-Replayed"] = "true"
+    if "Idempotent-Replayed" not in headers:
+        services.publisher.publish_soon(offset)
+    headers["Location"] = f"/jobs/{offset}"
+    # A prebuilt response: this is the hot path, and the body is one integer.
+    return Response(
+        b'{"offset":%d}' % offset, status_code=202, media_type="application/json", headers=headers
+    )
 
 
 async def _schedule_once(services: Services, job: queries.NewJob, key: str) -> tuple[int, bool]:
     """Insert ``job`` under ``key`` unless the key is known: (offset, replayed)."""
     request_hash = hashlib.sha256(
         json.dumps(
-            [job.fn, job.deployment, job.framework, job.params, job.callback_url], sort_keys=True
+            [job.fn, job.deployment, job.framework, job.params_json, job.callback_url]
         ).encode()
     ).hexdigest()
     with translate_errors():

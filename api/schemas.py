@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -15,7 +14,6 @@ from pydantic import (
     HttpUrl,
     StringConstraints,
     UrlConstraints,
-    field_validator,
 )
 
 from db.models import JobState
@@ -66,18 +64,6 @@ class ScheduleRequest(BaseModel):
         ),
         examples=["https://example.com/hooks/jobline"],
     )
-
-    @field_validator("params")
-    @classmethod
-    def _params_fit_postgres(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        encoded = json.dumps(value)
-        if len(encoded.encode()) > MAX_PARAMS_BYTES:
-            raise ValueError(f"params must be at most {MAX_PARAMS_BYTES} bytes as JSON")
-        if "\\u0000" in encoded:
-            raise ValueError("params must not contain NUL characters")
-        return value
 
 
 class ScheduleResponse(BaseModel):

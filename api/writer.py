@@ -24,7 +24,7 @@ _Pending = tuple[queries.NewJob, "asyncio.Future[int]"]
 class JobWriter:
     """Inserts jobs in batches; ``insert`` returns once the job's row is committed."""
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 256, concurrency: int = 2) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 256, concurrency: int = 4) -> None:
         self._engine = engine
         self._max_batch = max_batch
         self._concurrency = concurrency

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,7 +39,7 @@ def new_jobs(settings: Settings, count: int, fn: str = "default_fn") -> list[int
                             fn=fn,
                             deployment=f"d{n}",
                             framework="f",
-                            params={"n": n},
+                            params_json=json.dumps({"n": n}),
                             max_attempts=2,
                         )
                         for n in range(count)
