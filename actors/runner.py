@@ -49,7 +49,7 @@ class JobRunner:
     def run(self, job_id: int) -> None:
         """Claim ``job_id`` and run its remaining steps; a duplicate delivery does nothing."""
         owner = self.runtime.new_lease_owner()
-        with translate_errors(), self.runtime.engine.begin() as conn:
+        with translate_errors(), self.runtime.autocommit.connect() as conn:
             claimed = queries.claim_job(
                 conn, job_id=job_id, owner=owner, lease_seconds=self.runtime.settings.lease_seconds
             )
@@ -91,7 +91,7 @@ class JobRunner:
             self._cancel(claimed.id, lease)
             return
         if claimed.steps_done == total:  # every step recorded; only `done` is missing
-            self._record(claimed.id, lease, [(None, DONE_MESSAGE, JobState.SUCCEEDED)])
+            self._record(claimed.id, lease, [(None, DONE_MESSAGE)], JobState.SUCCEEDED)
             return
         started = time.monotonic()
         for index in range(claimed.steps_done, total):
@@ -131,38 +131,39 @@ class JobRunner:
                 self._record(
                     claimed.id,
                     lease,
-                    [(step_number, body, None), (None, DONE_MESSAGE, JobState.SUCCEEDED)],
+                    [(step_number, body), (None, DONE_MESSAGE)],
+                    JobState.SUCCEEDED,
                 )
                 return
-            if self._record(claimed.id, lease, [(step_number, body, None)]):
+            if self._record(claimed.id, lease, [(step_number, body)]):
                 lease.cancel_requested = True
             if lease.cancel_requested:
                 self._cancel(claimed.id, lease)
                 return
 
     def _record(
-        self, job_id: int, lease: Lease, entries: list[tuple[int | None, str, JobState | None]]
+        self,
+        job_id: int,
+        lease: Lease,
+        entries: list[tuple[int | None, str]],
+        final_state: JobState | None = None,
     ) -> bool:
-        """Record ``entries`` (step, body, final state) in one transaction; True if cancelled."""
-        cancel_requested = False
-        with translate_errors(), self.runtime.engine.begin() as conn:
-            for step, body, final_state in entries:
-                result = queries.record_message(
-                    conn,
-                    job_id=job_id,
-                    owner=lease.owner,
-                    step=step,
-                    body=body,
-                    final_state=final_state,
-                    lease_seconds=self.runtime.settings.lease_seconds,
-                )
-                if result is None:
-                    raise LeaseLost(f"job {job_id}: lease {lease.owner} lost before {body!r}")
-                cancel_requested = result
+        """Record ``entries`` (step, body) at once; True if a cancel was requested."""
+        with translate_errors(), self.runtime.autocommit.connect() as conn:
+            cancel_requested = queries.record_messages(
+                conn,
+                job_id=job_id,
+                owner=lease.owner,
+                entries=entries,
+                final_state=final_state,
+                lease_seconds=self.runtime.settings.lease_seconds,
+            )
+        if cancel_requested is None:
+            raise LeaseLost(f"job {job_id}: lease {lease.owner} lost before {entries[0][1]!r}")
         return cancel_requested
 
     def _cancel(self, job_id: int, lease: Lease) -> None:
-        self._record(job_id, lease, [(None, CANCELLED_MESSAGE, JobState.CANCELLED)])
+        self._record(job_id, lease, [(None, CANCELLED_MESSAGE)], JobState.CANCELLED)
 
     def _retry_later(self, claimed: queries.ClaimedJob, lease: Lease, error: BaseException) -> None:
         settings = self.runtime.settings
@@ -171,7 +172,7 @@ class JobRunner:
             base_seconds=settings.retry_backoff_seconds,
             max_seconds=settings.retry_backoff_max_seconds,
         )
-        with translate_errors(), self.runtime.engine.begin() as conn:
+        with translate_errors(), self.runtime.autocommit.connect() as conn:
             released = queries.release_for_retry(
                 conn,
                 job_id=claimed.id,
@@ -183,12 +184,12 @@ class JobRunner:
             self._publish(claimed.id, released.delay_seconds)
 
     def _hand_off(self, job_id: int, lease: Lease) -> None:
-        with translate_errors(), self.runtime.engine.begin() as conn:
+        with translate_errors(), self.runtime.autocommit.connect() as conn:
             handed_off = queries.hand_off_job(conn, job_id=job_id, owner=lease.owner)
         if handed_off:
             self._publish(job_id, 0)
 
     def _publish(self, job_id: int, delay_seconds: float) -> None:
         if self.publish(job_id, delay_seconds):
-            with translate_errors(), self.runtime.engine.begin() as conn:
+            with translate_errors(), self.runtime.autocommit.connect() as conn:
                 queries.mark_published(conn, job_ids=[job_id])

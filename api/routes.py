@@ -234,10 +234,8 @@ async def read_messages(
 async def _messages_after(
     services: Services, job_id: int, *, after: int, limit: int | None, wait: float
 ) -> list[queries.MessageRecord]:
-    async def fetch() -> tuple[JobState, list[queries.MessageRecord]]:
-        with translate_errors():
-            async with services.engine.connect() as conn:
-                found = await queries.list_messages(conn, job_id=job_id, after=after, limit=limit)
+    async def fetch(*, follow: bool = False) -> tuple[JobState, list[queries.MessageRecord]]:
+        found = await _fetch_messages(services, job_id, after, limit=limit, follow=follow)
         if found is None:
             raise NotFound(OFFSET_NOT_FOUND)
         return found
@@ -247,7 +245,7 @@ async def _messages_after(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     with services.events.follow(job_id) as notes:
-        state, messages = await fetch()
+        state, messages = await fetch(follow=True)
         while not messages and state not in FINAL_STATES:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -296,7 +294,7 @@ async def stream_events(
     subscription = services.events.follow(offset)
     notes = subscription.__enter__()
     try:
-        found = await _fetch_messages(services, offset, after)
+        found = await _fetch_messages(services, offset, after, follow=True)
         if found is None:
             raise NotFound(OFFSET_NOT_FOUND)
     except BaseException:
@@ -325,11 +323,19 @@ async def stream_events(
 
 
 async def _fetch_messages(
-    services: Services, job_id: int, after: int
+    services: Services,
+    job_id: int,
+    after: int,
+    *,
+    limit: int | None = None,
+    follow: bool = False,
 ) -> tuple[JobState, list[queries.MessageRecord]] | None:
+    """The job's state and messages after ``after``; with ``follow``, start its notifications."""
     with translate_errors():
-        async with services.engine.connect() as conn:
-            return await queries.list_messages(conn, job_id=job_id, after=after, limit=None)
+        async with services.engine.begin() as conn:
+            if follow:
+                await queries.follow_job(conn, job_id=job_id)
+            return await queries.list_messages(conn, job_id=job_id, after=after, limit=limit)
 
 
 @router.get(

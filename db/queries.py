@@ -21,6 +21,14 @@ from db.models import JobState, jobs_table
 SWEEPER_LOCK_KEY = 0x6A6F626C696E65  # "jobline"
 
 
+# Announces a new message to the API processes following its job (api/events.py).
+# The body rides along when it fits NOTIFY's 8000-byte payload; else followers fetch it.
+_NOTIFY_MESSAGE = """pg_notify('jobline_events', json_build_object(
+    'job', message.job_id, 'seq', message.seq, 'attempt', message.attempt,
+    'created_at', message.created_at,
+    'body', CASE WHEN octet_length(message.body) <= 6000 THEN message.body END)::text)"""
+
+
 @dataclass(frozen=True, slots=True)
 class NewJob:
     """A validated job about to be inserted."""
@@ -231,6 +239,19 @@ _LIST_MESSAGES = text(
 )
 
 
+_FOLLOW = text("UPDATE jobs SET followed = true WHERE id = :job_id AND NOT followed")
+
+
+async def follow_job(conn: AsyncConnection, *, job_id: int) -> None:
+    """Make the job announce its messages and state changes from now on.
+
+    Run it in the same transaction as, and before, the read that starts following:
+    the UPDATE waits out any step being recorded, and the read's fresh snapshot then
+    sees it, while every later step finds the flag set and notifies.
+    """
+    await conn.execute(_FOLLOW, {"job_id": job_id})
+
+
 async def list_messages(
     conn: AsyncConnection, *, job_id: int, after: int, limit: int | None
 ) -> tuple[JobState, list[MessageRecord]] | None:
@@ -251,15 +272,19 @@ async def list_messages(
 _LOCK_JOB_STATE = text("SELECT state FROM jobs WHERE id = :job_id FOR UPDATE")
 
 _CANCEL_QUEUED = text(
-    """
+    f"""
     WITH job AS (
         UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now(),
             message_count = message_count + 1
         WHERE id = :job_id AND state = 'queued'
-        RETURNING id, message_count, attempts
+        RETURNING id, message_count, attempts, followed
+    ),
+    message AS (
+        INSERT INTO messages (job_id, seq, step, body, attempt)
+        SELECT id, message_count, NULL, :body, attempts FROM job
+        RETURNING job_id, seq, attempt, created_at, body
     )
-    INSERT INTO messages (job_id, seq, step, body, attempt)
-    SELECT id, message_count, NULL, :body, attempts FROM job
+    SELECT {_NOTIFY_MESSAGE} FROM message, job WHERE job.followed
     """
 )
 
@@ -414,12 +439,12 @@ def claim_job(
     return ClaimedJob(**row._mapping) if row else None
 
 
-_RECORD_MESSAGE = text(
-    """
+_RECORD_MESSAGES = text(
+    f"""
     WITH job AS (
         UPDATE jobs SET
-            message_count = message_count + 1,
-            steps_done = steps_done + CASE WHEN CAST(:step AS integer) IS NULL THEN 0 ELSE 1 END,
+            message_count = message_count + :count,
+            steps_done = steps_done + :step_count,
             state = coalesce(CAST(:final_state AS text), state),
             finished_at = CASE WHEN CAST(:final_state AS text) IS NOT NULL THEN now() END,
             lease_owner = CASE WHEN CAST(:final_state AS text) IS NOT NULL
@@ -428,44 +453,58 @@ _RECORD_MESSAGE = text(
                                     ELSE now() + make_interval(secs => :lease_seconds) END,
             updated_at = now()
         WHERE id = :job_id AND state = 'running' AND lease_owner = :owner
-          AND (CAST(:step AS integer) IS NULL OR steps_done = CAST(:step AS integer) - 1)
-        RETURNING id, attempts, message_count, cancel_requested
+          AND (CAST(:first_step AS integer) IS NULL
+               OR steps_done = CAST(:first_step AS integer) - 1)
+        RETURNING id, attempts, message_count, cancel_requested, followed
+    ),
+    inserted AS (
+        INSERT INTO messages (job_id, seq, step, body, attempt)
+        SELECT job.id, job.message_count - :count + entry.ord, entry.step, entry.body,
+               job.attempts
+        FROM job, unnest(CAST(:steps AS integer[]), CAST(:bodies AS text[]))
+             WITH ORDINALITY AS entry(step, body, ord)
+        RETURNING job_id, seq, attempt, created_at, body
     )
-    INSERT INTO messages (job_id, seq, step, body, attempt)
-    SELECT id, message_count, CAST(:step AS integer), :body, attempts FROM job
-    RETURNING (SELECT cancel_requested FROM job)
+    SELECT job.cancel_requested,
+           (SELECT count({_NOTIFY_MESSAGE}) FROM (SELECT * FROM inserted ORDER BY seq) AS message
+            WHERE job.followed) AS notified
+    FROM job
     """
 )
 
 
-def record_message(
+def record_messages(
     conn: Connection,
     *,
     job_id: int,
     owner: str,
-    step: int | None,
-    body: str,
+    entries: Sequence[tuple[int | None, str]],
     final_state: JobState | None,
     lease_seconds: float,
 ) -> bool | None:
-    """Append a message (for ``step``, or a closing one when None) and advance the job.
+    """Append messages ``(step, body)`` (step None for a closing message) and advance the job.
 
-    With ``final_state`` the job ends in that state in the same statement. Returns
-    None when ``owner`` no longer holds the lease or the step is already recorded
-    (nothing is written then), else whether a cancel has been requested.
+    One statement, so atomic without a transaction around it. With ``final_state``
+    the job ends in that state. Returns None when ``owner`` no longer holds the
+    lease or the first step is already recorded (nothing is written then), else
+    whether a cancel has been requested.
     """
+    steps = [step for step, _ in entries if step is not None]
     row = conn.execute(
-        _RECORD_MESSAGE,
+        _RECORD_MESSAGES,
         {
             "job_id": job_id,
             "owner": owner,
-            "step": step,
-            "body": body,
+            "count": len(entries),
+            "step_count": len(steps),
+            "first_step": steps[0] if steps else None,
+            "steps": [step for step, _ in entries],
+            "bodies": [body for _, body in entries],
             "final_state": final_state.value if final_state else None,
             "lease_seconds": lease_seconds,
         },
     ).one_or_none()
-    return None if row is None else bool(row[0])
+    return None if row is None else bool(row.cancel_requested)
 
 
 _RELEASE_FOR_RETRY = text(

@@ -13,6 +13,7 @@ from db.migrate import upgrade
 from db.settings import Settings, normalize_database_url
 from tests.support.proxy import TcpProxy
 from tests.support.servers import (
+    database_name,
     delete_queues,
     postgres_server,
     rabbitmq_server,
@@ -36,18 +37,21 @@ def broker_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def migrated_database(postgres_url: str) -> Iterator[str]:
-    """A database of this test session's own, migrated to head (libpq URL)."""
+    """A database migrated to head once per session, used only as a template (libpq URL)."""
     with scratch_database(postgres_url) as url:
         upgrade(normalize_database_url(url))
         yield url
 
 
 @pytest.fixture
-def database_url(migrated_database: str) -> str:
-    """The session's database, emptied for this test (libpq URL)."""
-    with psycopg.connect(migrated_database, autocommit=True) as conn:
-        conn.execute("TRUNCATE jobs, messages RESTART IDENTITY CASCADE")
-    return migrated_database
+def database_url(postgres_url: str, migrated_database: str) -> Iterator[str]:
+    """A fresh migrated database for this test alone (libpq URL).
+
+    A copy per test, not a truncated shared one: a process or thread a test leaves
+    behind can then never touch the next test's jobs.
+    """
+    with scratch_database(postgres_url, template=database_name(migrated_database)) as url:
+        yield url
 
 
 @pytest.fixture

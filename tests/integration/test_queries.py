@@ -82,12 +82,11 @@ def test_a_step_is_recorded_exactly_once_and_only_by_the_lease_holder(
     def record(owner: str, step: int, body: str) -> bool:
         with engine.begin() as conn:
             return (
-                queries.record_message(
+                queries.record_messages(
                     conn,
                     job_id=job_id,
                     owner=owner,
-                    step=step,
-                    body=body,
+                    entries=[(step, body)],
                     final_state=None,
                     lease_seconds=30,
                 )
@@ -115,12 +114,11 @@ def test_an_expired_lease_fences_out_the_old_holder(
     assert taken is not None
     assert taken.attempts == 2
     with engine.begin() as conn:
-        late = queries.record_message(
+        late = queries.record_messages(
             conn,
             job_id=job_id,
             owner="h/1/old",
-            step=1,
-            body="late",
+            entries=[(1, "late")],
             final_state=None,
             lease_seconds=30,
         )

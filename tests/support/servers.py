@@ -61,17 +61,23 @@ def rabbitmq_server() -> Iterator[str]:
         yield (f"amqp://{credentials.username}:{credentials.password}@{params.host}:{params.port}/")
 
 
+def database_name(url: str) -> str:
+    """The database a libpq URL names."""
+    return urlsplit(url).path.lstrip("/")
+
+
 def _with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return parts._replace(path=f"/{name}").geturl()
 
 
 @contextlib.contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """Create a database only this test run uses; drop it afterwards."""
+def scratch_database(server_url: str, *, template: str | None = None) -> Iterator[str]:
+    """Create a database only its caller uses (a copy of ``template``); drop it afterwards."""
     name = f"jobline_test_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
     try:
         yield _with_database(server_url, name)
     finally:
