@@ -6,12 +6,13 @@ The caller owns the transaction: it commits at its boundary.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import Connection, TextClause, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT, TEXT
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -113,6 +114,20 @@ class PendingPublish:
 
     id: int
     delay_seconds: float
+
+
+def _driver_sql(statement: TextClause) -> str:
+    """``statement`` in the driver's own placeholder style (``%(name)s``)."""
+    sql = statement.text.replace("%", "%%")
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+
+
+def _fetch_one_on_driver(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+    """Run ``sql`` on the psycopg connection under ``conn``: the worker's hot path, where
+    SQLAlchemy's per-statement bookkeeping costs more than the statement itself."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    return driver.execute(sql, params).fetchone()
 
 
 # --- API side -----------------------------------------------------------------------
@@ -429,14 +444,17 @@ _CLAIM = text(
 )
 
 
+_CLAIM_SQL = _driver_sql(_CLAIM)
+
+
 def claim_job(
     conn: Connection, *, job_id: int, owner: str, lease_seconds: float
 ) -> ClaimedJob | None:
     """Take the job's lease if it is queued or its lease has expired; None if taken or done."""
-    row = conn.execute(
-        _CLAIM, {"job_id": job_id, "owner": owner, "lease_seconds": lease_seconds}
-    ).one_or_none()
-    return ClaimedJob(**row._mapping) if row else None
+    row = _fetch_one_on_driver(
+        conn, _CLAIM_SQL, {"job_id": job_id, "owner": owner, "lease_seconds": lease_seconds}
+    )
+    return ClaimedJob(*row) if row else None
 
 
 _RECORD_MESSAGES = text(
@@ -473,6 +491,9 @@ _RECORD_MESSAGES = text(
 )
 
 
+_RECORD_MESSAGES_SQL = _driver_sql(_RECORD_MESSAGES)
+
+
 def record_messages(
     conn: Connection,
     *,
@@ -490,8 +511,9 @@ def record_messages(
     whether a cancel has been requested.
     """
     steps = [step for step, _ in entries if step is not None]
-    row = conn.execute(
-        _RECORD_MESSAGES,
+    row = _fetch_one_on_driver(
+        conn,
+        _RECORD_MESSAGES_SQL,
         {
             "job_id": job_id,
             "owner": owner,
@@ -503,8 +525,8 @@ def record_messages(
             "final_state": final_state.value if final_state else None,
             "lease_seconds": lease_seconds,
         },
-    ).one_or_none()
-    return None if row is None else bool(row.cancel_requested)
+    )
+    return None if row is None else bool(row[0])
 
 
 _RELEASE_FOR_RETRY = text(
