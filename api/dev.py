@@ -57,7 +57,7 @@ def run_dev(settings: Settings, *, host: str, port: int) -> None:
             )
         else:
             publisher = InProcessPublisher(worker_app.publish)
-        broker_name = settings.broker_url or "in-process broker"
+        broker_name = _redact(settings.broker_url) if settings.broker_url else "in-process broker"
         logger.warning("jobline dev: Postgres %s, %s", _redact(database_url), broker_name)
         try:
             uvicorn.run(

@@ -243,3 +243,18 @@ def test_dev_runs_a_job_with_no_servers_configured(stack: Stack, tmp_path: Path)
     ]
     assert (tmp_path / "pg" / "PG_VERSION").exists()
     assert "in-process broker" in process.output()
+
+
+def test_dev_uses_configured_servers(stack: Stack, db: psycopg.Connection[Any]) -> None:
+    # Given JOBLINE_DATABASE_URL and JOBLINE_BROKER_URL (the stack's environment)
+    port = free_port()
+    process = stack.run("dev", [JOBLINE, "dev", "--port", str(port)])
+    client = wait_until_serving(process, port, timeout=60)
+
+    response = client.post("/schedule", json={**DEFAULT, "params": {"step_seconds": 0}})
+    job = wait_for(poll_job(client, response.json()["offset"]), what="job to finish")
+
+    # Then the job ran through RabbitMQ and lives in the configured database
+    assert job["state"] == "succeeded"
+    assert job_row(db, job["offset"])["state"] == "succeeded"
+    assert "amqp://" in process.output()
