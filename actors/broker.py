@@ -9,7 +9,7 @@ from functools import partial
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import default_middleware
+from dramatiq.middleware import Retries, TimeLimit
 
 from actors.messages import DELIVER_WEBHOOK_ACTOR, RUN_JOB_ACTOR
 from actors.middleware import LeaseHeartbeat, Sweeper, WorkerLifecycle
@@ -39,7 +39,8 @@ class WorkerApp:
 
 def make_broker(settings: Settings) -> dramatiq.Broker:
     """RabbitMQ with publisher confirms when a broker URL is set, else an in-process stub."""
-    middleware = [m() for m in default_middleware]
+    # Only what jobline's actors use: every middleware costs hooks on every message.
+    middleware = [TimeLimit(), Retries()]
     if settings.broker_url:
         return RabbitmqBroker(url=settings.broker_url, confirm_delivery=True, middleware=middleware)
     return StubBroker(middleware=middleware)
