@@ -190,12 +190,10 @@ class RssSampler(threading.Thread):
                     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
                     if role == "worker" and b"actors.worker" not in cmdline:
                         continue  # the supervisor and Dramatiq's parent are not workers
-                    rss = int(
-                        next(
-                            line for line in status.splitlines() if line.startswith("VmRSS")
-                        ).split()[1]
-                    )
-                    self.peaks[role] = max(self.peaks.get(role, 0), rss / 1024)
+                    for line in status.splitlines():
+                        if line.startswith("VmRSS"):  # absent for a zombie
+                            rss_mb = int(line.split()[1]) / 1024
+                            self.peaks[role] = max(self.peaks.get(role, 0), rss_mb)
 
 
 def ms(seconds: list[float], fraction: float) -> float:
@@ -356,9 +354,15 @@ def measure(
         for name, port in (("original", original_port), ("jobline", api_port)):
             result = run_load(["closed", str(port), str(concurrency), str(duration), "0", "60"])
             rows[(f"c{concurrency}", name)] = result
+    # Start phase 2 clean: the API may still be publishing phase 1's backlog, and
+    # the workers would spend their time on messages whose jobs are gone.
+    stop(processes[0])
     purge(queue)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE jobs CASCADE")
+    processes[0] = start([JOBLINE, "api", "--port", str(api_port)], env, logs / "api-2.log")
+    sampler.roles["api"] = processes[0].pid
+    wait_http(api_port, "/health")
 
     # 2. End to end with zero-second steps: a batch of jobs, drained by the workers.
     worker = start(
