@@ -118,8 +118,9 @@ class JobEvents:
                 # A follower this far behind catches up with one query instead.
                 while not queue.empty():
                     queue.get_nowait()
-                note = RESYNC
-            queue.put_nowait(note)
+                queue.put_nowait(RESYNC)
+            else:
+                queue.put_nowait(note)
 
     def _resync_all(self) -> None:
         for job_id in list(self._followers):

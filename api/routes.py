@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -54,7 +55,7 @@ _conflict: dict[int | str, dict[str, Any]] = {
 }
 
 
-def job_offset(offset: int) -> int:
+async def job_offset(offset: int) -> int:
     """The ``offset`` path parameter; an integer that cannot name a job is a 404."""
     if not 1 <= offset <= BIGINT_MAX:
         raise NotFound(OFFSET_NOT_FOUND)
@@ -314,12 +315,18 @@ async def stream_events(
                     data = json.dumps({"offset": offset, "state": update.value})
                     yield ServerSentEvent(data=data, event="state")
                 else:
-                    message = MessageOut.from_record(update).model_dump_json()
-                    yield ServerSentEvent(data=message, event="message", id=str(update.seq))
+                    data = _message_event_data(update)
+                    yield ServerSentEvent(data=data, event="message", id=str(update.seq))
         finally:
             subscription.__exit__(None, None, None)
 
     return EventSourceResponse(events(), ping=SSE_PING_SECONDS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _message_event_data(message: queries.MessageRecord) -> str:
+    """A message's event data, encoded once however many streams follow its job."""
+    return MessageOut.from_record(message).model_dump_json()
 
 
 async def _fetch_messages(

@@ -147,7 +147,12 @@ class MessageOut(BaseModel):
     @classmethod
     def from_record(cls, message: MessageRecord) -> MessageOut:
         """The representation of a stored message."""
-        return cls(**dataclasses.asdict(message))
+        return cls(
+            seq=message.seq,
+            body=message.body,
+            created_at=message.created_at,
+            attempt=message.attempt,
+        )
 
 
 class FunctionInfo(BaseModel):
