@@ -229,8 +229,9 @@ def scratch(queue: str) -> Iterator[str]:
         with contextlib.suppress(Exception):
             connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
             channel = connection.channel()
-            for suffix in ("", ".DQ", ".XQ"):
-                channel.queue_delete(queue + suffix)
+            for name in (queue, f"{queue}_plain"):
+                for suffix in ("", ".DQ", ".XQ"):
+                    channel.queue_delete(name + suffix)
             connection.close()
 
 
@@ -409,6 +410,48 @@ def measure(
             ).fetchall()
         )
     rows[("latency", "jobline")] = (percentile(latencies, 0.5), percentile(latencies, 0.99))
+
+    # 4. The plain composition of BASELINES.md on this machine: FastAPI + INSERT +
+    #    Dramatiq send, an actor with four inserts; jobline's processes stopped first.
+    stop(worker)
+    stop(processes[0])
+    plain_port = free_port()
+    plain_env = {**env, "PLAIN_DATABASE_URL": database_url, "PLAIN_QUEUE": f"{queue}_plain"}
+    plain_api = start(
+        [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "bench.plain_app:app",
+            "--port",
+            str(plain_port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        plain_env,
+        logs / "plain-api.log",
+    )
+    plain_worker = start(
+        [PYTHON, "-m", "dramatiq", "bench.plain_app", "--processes", "2", "--threads", "8"],
+        plain_env,
+        logs / "plain-worker.log",
+    )
+    processes += [plain_api, plain_worker]
+    wait_http(plain_port, "/health")
+    time.sleep(4)  # workers boot
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        started = time.monotonic()
+        run_load(["closed", str(plain_port), "16", "600", str(jobs), "0"])
+        wait_until(
+            lambda: conn.execute("SELECT count(*) FROM plain_messages").fetchone()[0] >= 4 * jobs,
+            300,
+        )
+        rows[("e2e", "plain")] = jobs / (time.monotonic() - started)
     return rows
 
 
@@ -443,6 +486,14 @@ def report(console: Console, rows: dict[Any, Any], peaks: dict[str, float]) -> N
         f"{ej:,.0f}",
         f"{ej / eo:.2f}x",
         ">= 880 (reference machine)",
+    )
+    ep = rows[("e2e", "plain")]
+    table.add_row(
+        "end-to-end jobs/s: plain FastAPI + Dramatiq, this machine",
+        f"{ep:,.0f} (plain)",
+        f"{ej:,.0f}",
+        f"{ej / ep:.2f}x",
+        ">= 1x the plain composition",
     )
     p50, p99 = rows[("latency", "jobline")]
     table.add_row(
