@@ -406,7 +406,7 @@ async def list_message_bodies(conn: AsyncConnection, *, job_id: int) -> list[str
 _MARK_PUBLISHED = text(
     """
     UPDATE jobs SET published_at = now()
-    WHERE id = ANY(:ids) AND state = 'queued' AND published_at IS NULL
+    WHERE id = ANY(:ids) AND state = 'queued'
     """
 ).bindparams(bindparam("ids", type_=ARRAY(BIGINT)))
 
@@ -645,9 +645,13 @@ _LIST_UNPUBLISHED = text(
     """
     SELECT id, greatest(0, extract(epoch FROM run_after - now()))::float8 AS delay_seconds
     FROM jobs
-    WHERE state = 'queued' AND published_at IS NULL
+    WHERE state = 'queued'
       AND run_after < now() + make_interval(secs => :horizon_seconds)
-      AND updated_at < now() - make_interval(secs => :grace_seconds)
+      AND ((published_at IS NULL
+            AND updated_at < now() - make_interval(secs => :grace_seconds))
+           -- A message the broker lost (a purged queue, an in-process broker that
+           -- restarted): publish again; the claim drops any duplicate.
+           OR published_at < now() - make_interval(secs => :republish_seconds))
     ORDER BY run_after
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -656,12 +660,22 @@ _LIST_UNPUBLISHED = text(
 
 
 def list_unpublished(
-    conn: Connection, *, grace_seconds: float, horizon_seconds: float, limit: int
+    conn: Connection,
+    *,
+    grace_seconds: float,
+    horizon_seconds: float,
+    limit: int,
+    republish_seconds: float = 15 * 60,
 ) -> list[PendingPublish]:
-    """Queued jobs that nobody published within ``grace_seconds`` of being queued."""
+    """Queued jobs nobody published within ``grace_seconds``, or whose message is long gone."""
     rows = conn.execute(
         _LIST_UNPUBLISHED,
-        {"grace_seconds": grace_seconds, "horizon_seconds": horizon_seconds, "limit": limit},
+        {
+            "grace_seconds": grace_seconds,
+            "horizon_seconds": horizon_seconds,
+            "limit": limit,
+            "republish_seconds": republish_seconds,
+        },
     ).all()
     return [PendingPublish(id=row.id, delay_seconds=row.delay_seconds) for row in rows]
 

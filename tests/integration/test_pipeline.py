@@ -250,3 +250,22 @@ def test_job_scheduled_while_rabbitmq_is_down_runs_once_it_is_back(
     wait_for(lambda: is_final(db, offset), timeout=30, what="job to finish")
     assert client.get(f"/messages/{offset}").json() == ["result1", "result2", "result3", "done"]
     assert job_row(db, offset)["attempts"] == 1
+
+
+def test_job_whose_message_was_lost_is_published_again(
+    client: TestClient, start_worker: StartWorker, db: psycopg.Connection[Any]
+) -> None:
+    # Given a queued job marked published long ago whose message no broker holds
+    # (a purged queue, an in-process broker that restarted)
+    row = db.execute(
+        "INSERT INTO jobs (fn, deployment, framework, params, max_attempts, published_at)"
+        " VALUES ('default_fn', 'Docker', 'FastAPI', '{\"step_seconds\": 0}', 3,"
+        " now() - interval '1 hour') RETURNING id"
+    ).fetchone()
+    assert row is not None
+
+    start_worker()
+    wait_for(lambda: is_final(db, row[0]), what="job to finish")
+
+    assert job_row(db, row[0])["state"] == "succeeded"
+    assert [body for _, body, _ in messages(db, row[0])][-1] == "done"
