@@ -14,6 +14,8 @@ import uvicorn
 from actors.broker import build_worker_app
 from api.app import create_app
 from api.publisher import AmqpPublisher, InProcessPublisher, Publisher
+from db import queries
+from db.engine import make_engine
 from db.migrate import upgrade
 from db.settings import Settings, normalize_database_url
 
@@ -46,6 +48,12 @@ def run_dev(settings: Settings, *, host: str, port: int) -> None:
         settings = settings.model_copy(update={"database_url": database_url})
         upgrade(database_url)
         worker_app = build_worker_app(settings)
+        if not settings.broker_url:
+            # The in-process broker starts empty: what it held before is gone.
+            engine = make_engine(settings, pool_size=1)
+            with engine.begin() as conn:
+                queries.forget_publications(conn)
+            engine.dispose()
         worker = dramatiq.Worker(worker_app.broker, worker_threads=DEV_WORKER_THREADS)
         worker.start()
         publisher: Publisher

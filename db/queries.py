@@ -789,3 +789,11 @@ _DELETE_EXPIRED_KEYS = text(
 def delete_expired_idempotency_keys(conn: Connection, *, limit: int) -> int:
     """Forget up to ``limit`` Idempotency-Keys past their time."""
     return conn.execute(_DELETE_EXPIRED_KEYS, {"limit": limit}).rowcount
+
+
+_FORGET_PUBLICATIONS = text("UPDATE jobs SET published_at = NULL WHERE state = 'queued'")
+
+
+def forget_publications(conn: Connection) -> int:
+    """Mark every queued job unpublished: its broker lost its messages (in-process restart)."""
+    return conn.execute(_FORGET_PUBLICATIONS).rowcount
